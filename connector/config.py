@@ -1,0 +1,415 @@
+"""The connector's one typed settings object, read from a TOML file.
+
+This is the only module that reads the process environment (`CONNECTOR_CONFIG`, and `env:NAME` secrets).
+Secrets are `SecretStr`: they never appear in `repr`, logs or error messages.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from croniter import croniter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from connector.errors import ConfigError
+
+CONFIG_ENV_VAR = "CONNECTOR_CONFIG"
+DEFAULT_CONFIG_FILE = "connector.toml"
+
+#: Resource types the connector knows how to pull; the order is the default sync order.
+SUPPORTED_RESOURCES: tuple[str, ...] = (
+    "ServiceRequest",
+    "Appointment",
+    "Encounter",
+    "Coverage",
+    "CoverageEligibilityResponse",
+    "Claim",
+    "ClaimResponse",
+    "ExplanationOfBenefit",
+)
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def resolve_secret(value: str, *, environ: dict[str, str] | None = None) -> str:
+    """Resolve `env:NAME` and `file:/path` indirections; other values are taken literally."""
+    env = os.environ if environ is None else environ
+    if value.startswith("env:"):
+        name = value[4:]
+        if not name:
+            raise ValueError("`env:` needs a variable name, e.g. env:EMR_CLIENT_SECRET")
+        if name not in env:
+            raise ValueError(f"environment variable {name} is not set")
+        return env[name]
+    if value.startswith("file:"):
+        path = Path(value[5:]).expanduser()
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from None
+    return value
+
+
+def _secret_validator(value: Any) -> Any:
+    if isinstance(value, str):
+        return SecretStr(resolve_secret(value))
+    return value
+
+
+class AuthSettings(_Strict):
+    """How the connector authenticates to one FHIR server."""
+
+    type: Literal["none", "basic", "bearer", "smart-backend"] = "none"
+    username: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    client_id: str | None = None
+    token_url: str | None = None
+    private_key_file: Path | None = None
+    private_key: SecretStr | None = None
+    algorithm: Literal["RS384", "ES384"] = "RS384"
+    key_id: str | None = None
+    scope: str = "system/*.read system/Task.write system/MeasureReport.write"
+    #: Refresh a cached token this many seconds before it expires.
+    refresh_margin_seconds: int = Field(default=60, ge=0, le=3600)
+
+    @field_validator("password", "token", "private_key", mode="before")
+    @classmethod
+    def _resolve_secret(cls, value: Any) -> Any:
+        return _secret_validator(value)
+
+    @field_validator("private_key_file", mode="before")
+    @classmethod
+    def _key_file_indirection(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.startswith("file:"):
+            return value[5:]
+        return value
+
+    @field_validator("token_url")
+    @classmethod
+    def _token_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_http_url(value)
+        return value
+
+    @model_validator(mode="after")
+    def _required_per_type(self) -> AuthSettings:
+        needed: dict[str, tuple[str, ...]] = {
+            "basic": ("username", "password"),
+            "bearer": ("token",),
+            "smart-backend": ("client_id", "token_url"),
+        }
+        for key in needed.get(self.type, ()):
+            if getattr(self, key) is None:
+                raise ValueError(f"auth type {self.type!r} needs `{key}`")
+        if self.type == "smart-backend" and self.private_key is None and self.private_key_file is None:
+            raise ValueError("auth type 'smart-backend' needs `private_key_file` (or `private_key`)")
+        return self
+
+    def load_private_key(self) -> str:
+        """The PEM text of the SMART client key; read when first needed, never logged."""
+        if self.private_key is not None:
+            return self.private_key.get_secret_value()
+        if self.private_key_file is None:
+            raise ConfigError("auth.private_key_file is not set")
+        try:
+            return self.private_key_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"auth.private_key_file: cannot read {self.private_key_file}: {exc.strerror}") from None
+
+
+class TimeoutSettings(_Strict):
+    connect: float = Field(default=10.0, gt=0)
+    read: float = Field(default=60.0, gt=0)
+    write: float = Field(default=30.0, gt=0)
+    pool: float = Field(default=30.0, gt=0)
+
+
+class RetrySettings(_Strict):
+    """Retries of transient HTTP failures (connect/read errors, 408, 429, 5xx)."""
+
+    max_attempts: int = Field(default=6, ge=1, le=50)
+    #: Give up when the waits of one request would add up to more than this.
+    max_total_wait_seconds: float = Field(default=300.0, ge=0)
+    initial_backoff_seconds: float = Field(default=1.0, ge=0)
+    max_backoff_seconds: float = Field(default=60.0, ge=0)
+    #: A server's Retry-After is honoured up to this many seconds.
+    retry_after_cap_seconds: float = Field(default=120.0, ge=0)
+
+
+class EndpointSettings(_Strict):
+    """One FHIR server (or one folder of Bulk NDJSON files) to sync from."""
+
+    name: str
+    base_url: str | None = None
+    ndjson_dir: Path | None = None
+    enabled: bool = True
+    resources: list[str] = Field(default_factory=lambda: list(SUPPORTED_RESOURCES))
+    schedule: str | None = None
+    page_size: int = Field(default=200, ge=1, le=5000)
+    #: Seconds subtracted from the watermark on each incremental search, so late commits are not missed.
+    overlap_seconds: int = Field(default=60, ge=0)
+    #: Search parameter per resource type used when the server does not support `_lastUpdated`.
+    date_params: dict[str, str] = Field(default_factory=dict)
+    #: `auto` asks the CapabilityStatement; `last-updated`, `date-param` or `full` force a mode.
+    incremental: Literal["auto", "last-updated", "date-param", "full"] = "auto"
+    verify_tls: bool = True
+    max_connections: int = Field(default=4, ge=1, le=64)
+    timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError("use letters, digits, '-', '_' or '.', at most 63 characters")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        _check_http_url(value)
+        return value.rstrip("/")
+
+    @field_validator("ndjson_dir", mode="after")
+    @classmethod
+    def _ndjson_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        base = (info.context or {}).get("config_dir")
+        if not value.is_absolute() and base is not None:
+            value = Path(base) / value
+        return value
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, value: list[str]) -> list[str]:
+        unknown = [r for r in value if r not in SUPPORTED_RESOURCES]
+        if unknown:
+            raise ValueError(
+                f"unsupported resource type {', '.join(unknown)}; supported: {', '.join(SUPPORTED_RESOURCES)}"
+            )
+        if not value:
+            raise ValueError("list at least one resource type")
+        return list(dict.fromkeys(value))
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str | None) -> str | None:
+        if value is not None and not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a valid cron expression (e.g. '*/15 * * * *')")
+        return value
+
+    @field_validator("date_params")
+    @classmethod
+    def _date_params(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = [r for r in value if r not in SUPPORTED_RESOURCES]
+        if unknown:
+            raise ValueError(f"unsupported resource type {', '.join(unknown)}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EndpointSettings:
+        if (self.base_url is None) == (self.ndjson_dir is None):
+            raise ValueError("set exactly one of `base_url` (a FHIR server) or `ndjson_dir` (a folder of NDJSON)")
+        return self
+
+    @property
+    def is_server(self) -> bool:
+        return self.base_url is not None
+
+
+class WarehouseSettings(_Strict):
+    url: str = "sqlite:///warehouse.db"
+    #: Rows per INSERT .. ON CONFLICT statement.
+    batch_size: int = Field(default=500, ge=1, le=10000)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        scheme = value.split(":", 1)[0]
+        if "://" not in value or not scheme:
+            raise ValueError("expected a SQLAlchemy URL such as sqlite:///warehouse.db")
+        if not (scheme.startswith("sqlite") or scheme.startswith("postgresql")):
+            raise ValueError("supported warehouses are sqlite:// and postgresql:// (postgresql+psycopg://)")
+        return value
+
+
+class Settings(_Strict):
+    """Everything one run of the connector needs, built once and passed down."""
+
+    warehouse: WarehouseSettings = Field(default_factory=WarehouseSettings)
+    endpoints: Annotated[list[EndpointSettings], Field(min_length=1)]
+    source_file: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _unique_names(cls, value: list[EndpointSettings]) -> list[EndpointSettings]:
+        seen: set[str] = set()
+        for endpoint in value:
+            if endpoint.name in seen:
+                raise ValueError(f"endpoint name {endpoint.name!r} is used twice")
+            seen.add(endpoint.name)
+        return value
+
+    def endpoint(self, name: str) -> EndpointSettings:
+        for endpoint in self.endpoints:
+            if endpoint.name == name:
+                return endpoint
+        known = ", ".join(e.name for e in self.endpoints)
+        raise ConfigError(f"no endpoint named {name!r} in {self.source_file}; configured: {known}")
+
+
+def _check_http_url(value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    if parts.username or parts.password:
+        raise ValueError("put credentials in [endpoints.auth], not in the URL")
+    if parts.query or parts.fragment:
+        raise ValueError("the URL must not have a query string or fragment")
+
+
+def _format_location(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
+    """Turn a pydantic error location into the TOML key a person would look for."""
+    parts: list[str] = []
+    node: Any = data
+    for item in loc:
+        if isinstance(item, int):
+            name = None
+            if isinstance(node, list) and item < len(node) and isinstance(node[item], dict):
+                name = node[item].get("name")
+            parts[-1] = f"{parts[-1]}[{name!r}]" if name else f"{parts[-1]}[{item}]"
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+        else:
+            parts.append(str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return ".".join(parts) or "(top level)"
+
+
+def _error_message(error: dict[str, Any]) -> str:
+    kind = error.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    msg = str(error.get("msg", "invalid value"))
+    return msg.removeprefix("Value error, ")
+
+
+def parse_settings(data: dict[str, Any], *, source: Path | None = None) -> Settings:
+    """Validate a parsed TOML document; errors name the file and the key."""
+    where = str(source) if source else "<config>"
+    context = {"config_dir": source.parent if source else None}
+    try:
+        settings = Settings.model_validate(data, context=context)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_input=False, include_url=False):
+            lines.append(f"{where}: {_format_location(error['loc'], data)}: {_error_message(error)}")
+        raise ConfigError("\n".join(lines)) from None
+    return settings.model_copy(update={"source_file": source})
+
+
+def config_path(explicit: str | Path | None = None) -> Path:
+    """The config file to use: `--config`, else $CONNECTOR_CONFIG, else ./connector.toml."""
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_FILE)
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read and validate the configuration file."""
+    file = config_path(path)
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{file}: configuration file not found (write an example with `connector init`)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    return parse_settings(data, source=file.resolve())
+
+
+def environ_get(name: str, default: str | None = None) -> str | None:
+    """Read one environment variable; the rest of the code asks here instead of touching os.environ."""
+    return os.environ.get(name, default)
+
+
+EXAMPLE_CONFIG = """\
+# connector.toml: where the connector reads FHIR data from and where it writes the warehouse.
+# Check it with `connector check`; run it with `connector sync`.
+# Secrets can be written as env:NAME (read from an environment variable) or file:/path (read from a file),
+# so that this file itself holds none.
+
+[warehouse]
+# SQLite for a single machine; PostgreSQL in production, e.g.
+# url = "postgresql+psycopg://connector@db.internal/warehouse"
+url = "sqlite:///warehouse.db"
+batch_size = 500
+
+[[endpoints]]
+name = "clinic-emr"                        # letters, digits, - _ . ; shows up in every warehouse row
+base_url = "https://emr.example.org/fhir/R4"
+resources = ["ServiceRequest", "Appointment", "Encounter", "Coverage", "CoverageEligibilityResponse",
+             "Claim", "ClaimResponse", "ExplanationOfBenefit"]
+schedule = "*/15 * * * *"                  # cron, used by `connector serve`
+page_size = 200                            # _count per search page
+overlap_seconds = 60                       # re-read this much before the watermark (duplicates are harmless)
+incremental = "auto"                       # auto | last-updated | date-param | full
+# verify_tls = false                       # only for a test server with a self-signed certificate
+
+# Used when the server cannot search by _lastUpdated:
+[endpoints.date_params]
+ServiceRequest = "authored"
+Claim = "created"
+
+[endpoints.timeouts]
+connect = 10
+read = 60
+
+[endpoints.retry]
+max_attempts = 6
+max_total_wait_seconds = 300
+
+[endpoints.auth]
+type = "smart-backend"                     # none | basic | bearer | smart-backend
+client_id = "connector"
+token_url = "https://emr.example.org/oauth2/token"
+private_key_file = "/run/secrets/connector.pem"
+algorithm = "RS384"                        # RS384 | ES384
+# key_id = "connector-key-1"
+# For basic:  username = "connector"  and  password = "env:EMR_PASSWORD"
+# For bearer: token = "file:/run/secrets/emr-token"
+
+# A folder of Bulk Data NDJSON files (*.ndjson, *.ndjson.gz) instead of a server:
+# [[endpoints]]
+# name = "monthly-export"
+# ndjson_dir = "exports/2026-11"           # relative to this file's folder
+"""
