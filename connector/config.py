@@ -133,7 +133,9 @@ class AuthSettings(_Strict):
         try:
             return self.private_key_file.read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(f"auth.private_key_file: cannot read {self.private_key_file}: {exc.strerror}") from None
+            raise ConfigError(
+                f"auth.private_key_file: cannot read {self.private_key_file}: {exc.strerror}"
+            ) from None
 
 
 class TimeoutSettings(_Strict):
@@ -232,7 +234,9 @@ class EndpointSettings(_Strict):
     @model_validator(mode="after")
     def _one_source(self) -> EndpointSettings:
         if (self.base_url is None) == (self.ndjson_dir is None):
-            raise ValueError("set exactly one of `base_url` (a FHIR server) or `ndjson_dir` (a folder of NDJSON)")
+            raise ValueError(
+                "set exactly one of `base_url` (a FHIR server) or `ndjson_dir` (a folder of NDJSON)"
+            )
         return self
 
     @property
@@ -413,3 +417,18 @@ algorithm = "RS384"                        # RS384 | ES384
 # name = "monthly-export"
 # ndjson_dir = "exports/2026-11"           # relative to this file's folder
 """
+
+
+def quiet_third_party_logs(verbose: bool) -> None:
+    """Keep the CLI's output to our own summary: Prefect and httpx log at INFO by default.
+
+    Must run before Prefect is imported (Prefect reads its logging level from the environment).
+    httpx logs full request URLs, query strings included, at INFO; those stay off in every mode.
+    """
+    import logging
+
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "CRITICAL")
+    # The local Prefect server would otherwise try to phone home from a practice's network.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)

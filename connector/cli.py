@@ -1,0 +1,485 @@
+"""The `connector` command: what IT staff, schedulers and the demo run.
+
+Every command exits 0 on success and non-zero with a one-line reason on failure; `--json` prints
+machine-readable output. Nothing printed here contains resource content or secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib import resources as package_files
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from connector import progress as progress_events
+from connector.config import EXAMPLE_CONFIG, Settings, config_path, load_settings, quiet_third_party_logs
+from connector.errors import ConnectorError
+
+app = typer.Typer(
+    name="connector",
+    help="FHIR connector for therapy practices: sync referrals, eligibility, authorizations and denials.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+deadletters_app = typer.Typer(help="Resources that failed validation or mapping.", no_args_is_help=True)
+app.add_typer(deadletters_app, name="deadletters")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Config file (default: $CONNECTOR_CONFIG or ./connector.toml)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+T = TypeVar("T")
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    for line in str(message).splitlines() or ["failed"]:
+        err.print(f"error: {line}", markup=False)
+    return typer.Exit(code)
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except ConnectorError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(orjson.dumps(data, default=str, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+# ---------------------------------------------------------------- progress display
+
+
+class _RichSink:
+    """Live progress bars per stream on a terminal."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.tasks: dict[tuple[str, str], Any] = {}
+
+    def stream_started(self, endpoint: str, resource_type: str) -> None:
+        self.tasks[(endpoint, resource_type)] = self.bar.add_task(
+            f"{endpoint} {resource_type}", total=None, fetched=0, rejected=0
+        )
+
+    def page_done(
+        self, endpoint: str, resource_type: str, *, fetched: int, loaded: int, rejected: int
+    ) -> None:
+        task_id = self.tasks.get((endpoint, resource_type))
+        if task_id is not None:
+            task = self.bar.tasks[task_id]
+            self.bar.update(
+                task_id,
+                advance=fetched,
+                fetched=task.fields["fetched"] + fetched,
+                rejected=task.fields["rejected"] + rejected,
+            )
+
+    def stream_finished(self, endpoint: str, resource_type: str, *, status: str) -> None:
+        task_id = self.tasks.get((endpoint, resource_type))
+        if task_id is not None:
+            done = self.bar.tasks[task_id].completed
+            self.bar.update(
+                task_id,
+                total=max(done, 1),
+                completed=max(done, 1),
+                description=f"{endpoint} {resource_type} [{status}]",
+            )
+
+
+class _LineSink:
+    """Plain lines when the output is not a terminal (cron, CI, log files)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.counts: dict[tuple[str, str], list[int]] = {}
+
+    def stream_started(self, endpoint: str, resource_type: str) -> None:
+        self.counts[(endpoint, resource_type)] = [0, 0, 0]
+
+    def page_done(
+        self, endpoint: str, resource_type: str, *, fetched: int, loaded: int, rejected: int
+    ) -> None:
+        c = self.counts.setdefault((endpoint, resource_type), [0, 0, 0])
+        c[0] += fetched
+        c[1] += loaded
+        c[2] += rejected
+
+    def stream_finished(self, endpoint: str, resource_type: str, *, status: str) -> None:
+        fetched, loaded, rejected = self.counts.get((endpoint, resource_type), [0, 0, 0])
+        self.console.print(
+            f"{endpoint} {resource_type}: {status} (fetched {fetched}, loaded {loaded}, rejected {rejected})",
+            markup=False,
+        )
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    if err.is_terminal:
+        bar = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[fetched]} fetched, {task.fields[rejected]} rejected"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=False,
+        )
+        with bar:
+            progress_events.set_sink(_RichSink(bar))
+            try:
+                yield
+            finally:
+                progress_events.set_sink(None)
+    else:
+        progress_events.set_sink(_LineSink(err))
+        try:
+            yield
+        finally:
+            progress_events.set_sink(None)
+
+
+# ---------------------------------------------------------------- sync
+
+
+def _run_sync(
+    settings: Settings,
+    *,
+    endpoints: list[str],
+    resources: list[str],
+    full_refresh: bool,
+    json_out: bool,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Run the sync flow in this process; returns the stream summaries and the failure reason, if any."""
+    from connector.warehouse import state
+    from connector.warehouse.engine import make_engine
+    from flows.sync import sync_all  # Prefect is imported only by the commands that run flows.
+
+    assert settings.source_file is not None
+    for name in endpoints:
+        settings.endpoint(name)
+    run_id = str(uuid.uuid4())
+    with _progress(not json_out):
+        flow_state = asyncio.run(
+            sync_all(
+                str(settings.source_file),
+                endpoints or None,
+                resources or None,
+                full_refresh,
+                run_id,
+                return_state=True,
+            )
+        )
+    reason = None
+    if not flow_state.is_completed():
+        exc = flow_state.result(raise_on_failure=False)
+        reason = str(exc) if isinstance(exc, BaseException) else (flow_state.message or "sync failed")
+    engine = make_engine(settings.warehouse.url)
+    try:
+        rows = state.runs_for(engine, run_id)
+    finally:
+        engine.dispose()
+    return rows, reason
+
+
+def _summary_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="Sync summary", title_justify="left")
+    for column in ("endpoint", "stream", "status", "fetched", "loaded", "rejected"):
+        table.add_column(column, justify="right" if column in ("fetched", "loaded", "rejected") else "left")
+    for row in rows:
+        table.add_row(
+            row["endpoint"],
+            row["resource_type"],
+            row["status"],
+            str(row["fetched"]),
+            str(row["loaded"]),
+            str(row["rejected"]),
+        )
+    return table
+
+
+def _sync_command(
+    settings: Settings, endpoints: list[str], resources: list[str], full_refresh: bool, json_out: bool
+) -> list[dict[str, Any]]:
+    rows, reason = _guard(
+        lambda: _run_sync(
+            settings, endpoints=endpoints, resources=resources, full_refresh=full_refresh, json_out=json_out
+        )
+    )
+    if json_out:
+        _print_json({"streams": rows, "status": "failed" if reason else "succeeded", "error": reason})
+    else:
+        out.print(_summary_table(rows))
+    if reason:
+        raise _fail(reason)
+    return rows
+
+
+@app.command()
+def sync(
+    config: ConfigOption = None,
+    endpoint: Annotated[
+        list[str] | None, typer.Option("--endpoint", "-e", help="Only this endpoint.")
+    ] = None,
+    resource: Annotated[
+        list[str] | None, typer.Option("--resource", "-r", help="Only this resource type.")
+    ] = None,
+    full_refresh: Annotated[
+        bool, typer.Option("--full-refresh", help="Ignore watermarks, fetch all.")
+    ] = False,
+    json_out: JsonOption = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
+) -> None:
+    """Pull what changed since the last run from every enabled endpoint into the warehouse."""
+    quiet_third_party_logs(verbose)
+    settings = _guard(lambda: load_settings(config))
+    _sync_command(settings, endpoint or [], resource or [], full_refresh, json_out)
+
+
+DEMO_WAREHOUSE = "demo-warehouse.db"
+
+
+def demo_config_path() -> Path:
+    return Path(str(package_files.files("connector") / "demo" / "demo.toml"))
+
+
+@app.command()
+def demo(
+    json_out: JsonOption = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
+) -> None:
+    """Sync the bundled sample data into ./demo-warehouse.db and print the summary and metrics."""
+    from connector.warehouse import summary
+    from connector.warehouse.engine import make_engine
+
+    quiet_third_party_logs(verbose)
+    settings = _guard(lambda: load_settings(demo_config_path()))
+    rows = _sync_command(settings, [], [], False, json_out)
+    engine = make_engine(settings.warehouse.url)
+    try:
+        metrics = summary.demo_metrics(engine)
+    finally:
+        engine.dispose()
+    if json_out:
+        return
+    out.print(summary.render(metrics))
+    out.print(f"Warehouse: {Path(DEMO_WAREHOUSE).resolve()} ({sum(r['loaded'] for r in rows)} rows loaded)")
+
+
+# ---------------------------------------------------------------- setup and checks
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to write the example config.")] = Path("connector.toml"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented example configuration to edit."""
+    if path.exists() and not force:
+        raise _fail(f"{path} exists; use --force to overwrite")
+    path.write_text(EXAMPLE_CONFIG, encoding="utf-8")
+    out.print(f"Wrote {path}. Edit it, then run: connector check --config {path}", markup=False)
+
+
+@app.command()
+def check(config: ConfigOption = None, json_out: JsonOption = False) -> None:
+    """Prove each endpoint works: metadata, resource types, _lastUpdated support and auth."""
+    from connector.checks import check_settings
+
+    quiet_third_party_logs(False)
+    settings = _guard(lambda: load_settings(config))
+    reports = asyncio.run(check_settings(settings))
+    if json_out:
+        _print_json([r.as_dict() for r in reports])
+    else:
+        for report in reports:
+            out.print(report.render())
+    problems = [f"{r.endpoint}: {p}" for r in reports for p in r.problems]
+    if problems:
+        raise _fail(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+
+
+@app.command()
+def migrate(config: ConfigOption = None) -> None:
+    """Create or upgrade the warehouse schema (Alembic)."""
+    from connector.warehouse.engine import make_engine
+    from connector.warehouse.engine import migrate as run_migrations
+
+    settings = _guard(lambda: load_settings(config))
+
+    def _go() -> str:
+        engine = make_engine(settings.warehouse.url)
+        try:
+            return run_migrations(engine)
+        finally:
+            engine.dispose()
+
+    revision = _guard(_go)
+    out.print(f"Warehouse schema at revision {revision}.", markup=False)
+
+
+@app.command()
+def status(
+    config: ConfigOption = None,
+    json_out: JsonOption = False,
+    limit: Annotated[int, typer.Option(help="How many recent stream runs to show.")] = 20,
+) -> None:
+    """Show the last runs, the watermarks and the dead-letter counts."""
+    from connector.warehouse import state
+    from connector.warehouse.engine import ensure_schema, make_engine
+
+    settings = _guard(lambda: load_settings(config))
+
+    def _read() -> dict[str, Any]:
+        engine = make_engine(settings.warehouse.url)
+        try:
+            ensure_schema(engine)
+            return {
+                "runs": state.recent_runs(engine, limit),
+                "watermarks": state.watermarks(engine),
+                "dead_letters": state.dead_letter_counts(engine),
+            }
+        finally:
+            engine.dispose()
+
+    data = _guard(_read)
+    if json_out:
+        _print_json(data)
+        return
+    runs = Table(title="Recent runs", title_justify="left")
+    for col in ("started", "endpoint", "stream", "status", "fetched", "loaded", "rejected", "error"):
+        runs.add_column(col)
+    for r in data["runs"]:
+        runs.add_row(
+            _when(r["started_at"]),
+            r["endpoint"],
+            r["resource_type"],
+            r["status"],
+            str(r["fetched"]),
+            str(r["loaded"]),
+            str(r["rejected"]),
+            (r["error"] or "")[:80],
+        )
+    marks = Table(title="Watermarks (server time)", title_justify="left")
+    for col in ("endpoint", "stream", "mode", "watermark", "updated"):
+        marks.add_column(col)
+    for w in data["watermarks"]:
+        marks.add_row(
+            w["endpoint"], w["resource_type"], w["mode"] or "", w["watermark"] or "", _when(w["updated_at"])
+        )
+    dead = Table(title="Open dead letters", title_justify="left")
+    for col in ("endpoint", "stream", "open"):
+        dead.add_column(col)
+    for d in data["dead_letters"]:
+        dead.add_row(d["endpoint"], d["resource_type"], str(d["open"]))
+    out.print(runs, marks, dead)
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if value else ""
+
+
+@deadletters_app.command("list")
+def deadletters_list(
+    config: ConfigOption = None,
+    endpoint: Annotated[str | None, typer.Option("--endpoint", "-e")] = None,
+    include_resolved: Annotated[bool, typer.Option("--all", help="Include resolved ones.")] = False,
+    limit: int = 100,
+    json_out: JsonOption = False,
+) -> None:
+    """List dead letters: which resource failed, why, how often."""
+    from connector.warehouse import deadletter
+    from connector.warehouse.engine import ensure_schema, make_engine
+
+    settings = _guard(lambda: load_settings(config))
+
+    def _read() -> list[dict[str, Any]]:
+        engine = make_engine(settings.warehouse.url)
+        try:
+            ensure_schema(engine)
+            return deadletter.list_dead_letters(
+                engine, endpoint=endpoint, include_resolved=include_resolved, limit=limit
+            )
+        finally:
+            engine.dispose()
+
+    rows = _guard(_read)
+    if json_out:
+        _print_json(rows)
+        return
+    table = Table(title=f"Dead letters ({len(rows)})", title_justify="left")
+    for col in ("id", "endpoint", "stream", "resource", "attempts", "last seen", "error"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            str(r["id"]),
+            r["endpoint"],
+            r["resource_type"],
+            r["resource_id"] or "",
+            str(r["attempts"]),
+            _when(r["last_seen_at"]),
+            r["error"],
+        )
+    out.print(table)
+
+
+@deadletters_app.command("replay")
+def deadletters_replay(
+    config: ConfigOption = None,
+    endpoint: Annotated[str | None, typer.Option("--endpoint", "-e")] = None,
+    ids: Annotated[list[int] | None, typer.Option("--id", help="Only these dead-letter ids.")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Re-run validation and mapping on open dead letters (after a fix); resolved ones are loaded."""
+    from connector.replay import replay_dead_letters
+    from connector.warehouse.engine import ensure_schema, make_engine
+
+    settings = _guard(lambda: load_settings(config))
+
+    def _go() -> dict[str, int]:
+        engine = make_engine(settings.warehouse.url)
+        try:
+            ensure_schema(engine)
+            return replay_dead_letters(
+                engine, endpoint=endpoint, ids=ids, batch_size=settings.warehouse.batch_size
+            )
+        finally:
+            engine.dispose()
+
+    counts = _guard(_go)
+    if json_out:
+        _print_json(counts)
+    else:
+        out.print(
+            f"Replayed {counts['replayed']}: {counts['resolved']} resolved, "
+            f"{counts['still_failing']} still failing.",
+            markup=False,
+        )
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "config_path", "main"]

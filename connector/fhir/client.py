@@ -1,0 +1,216 @@
+"""The async FHIR R4 client: one httpx.AsyncClient per endpoint per run, retried and authenticated.
+
+    async with FhirClient(endpoint) as fhir:
+        cap = await fhir.capabilities()
+        async for page in fhir.search("ServiceRequest", {"_lastUpdated": "ge2026-01-01T00:00:00Z"}):
+            ...
+
+Logs carry counts, page numbers, status codes and URL paths; never query strings, headers or resources.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import httpx
+import orjson
+
+from connector import __version__
+from connector.config import EndpointSettings
+from connector.errors import ConfigError, FatalFhirError
+from connector.fhir.auth import build_auth
+from connector.fhir.http import build_retrying, describe, raise_for_response, transport_error
+from connector.fhir.page import Page
+from connector.fhir.paging import NextLinkGuard, check_same_origin, next_link, parse_bundle, split_page
+
+# httpx logs every request with its full URL (query string included) at INFO: search parameters can
+# hold patient identifiers, so keep those loggers quiet whatever the root level is.
+logging.getLogger("httpx").setLevel(logging.WARNING)
+logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+logger = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+USER_AGENT = f"therapy-fhir-connector/{__version__}"
+
+_RESOURCE_TYPE_RE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
+
+Params = Mapping[str, str] | Sequence[tuple[str, str]]
+
+
+class FhirClient:
+    """Talks to one FHIR server; use as `async with FhirClient(endpoint) as fhir: ...`."""
+
+    def __init__(
+        self,
+        endpoint: EndpointSettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if endpoint.base_url is None:
+            raise ConfigError(f"endpoint {endpoint.name!r} has no base_url (it reads NDJSON files)")
+        self.endpoint = endpoint
+        self.base_url: str = endpoint.base_url.rstrip("/")
+        self._transport = transport
+        self._sleep = sleep
+        self._client: httpx.AsyncClient | None = None
+
+    async def __aenter__(self) -> FhirClient:
+        ep = self.endpoint
+        t = ep.timeouts
+        self._client = httpx.AsyncClient(
+            auth=build_auth(ep.auth),
+            headers={"Accept": FHIR_JSON, "User-Agent": USER_AGENT},
+            timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.pool),
+            limits=httpx.Limits(
+                max_connections=ep.max_connections, max_keepalive_connections=ep.max_connections
+            ),
+            verify=ep.verify_tls,
+            transport=self._transport,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError("FhirClient is not open; use `async with FhirClient(endpoint) as fhir:`")
+        return self._client
+
+    # -- public API ------------------------------------------------------------------------------------
+
+    async def capabilities(self) -> dict:
+        """GET [base]/metadata: the server's CapabilityStatement."""
+        url = httpx.URL(f"{self.base_url}/metadata")
+        response = await self._with_retries("GET", url)
+        try:
+            data = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict) or data.get("resourceType") != "CapabilityStatement":
+            raise FatalFhirError(
+                f"GET {url} did not return a CapabilityStatement; is base_url the FHIR R4 root?",
+                status=response.status_code,
+            )
+        return data
+
+    async def search(self, resource_type: str, params: Params) -> AsyncIterator[Page]:
+        """GET [base]/{type}?params, then follow Bundle.link[next] verbatim, one Page at a time.
+
+        `_count` is set from `page_size` unless the caller gave one.
+        """
+        if not _RESOURCE_TYPE_RE.match(resource_type):
+            raise ValueError(f"not a FHIR resource type: {resource_type!r}")
+        items = list(params.items()) if isinstance(params, Mapping) else list(params)
+        if not any(key == "_count" for key, _ in items):
+            items.append(("_count", str(self.endpoint.page_size)))
+        url = httpx.URL(f"{self.base_url}/{resource_type}", params=items)
+        guard = NextLinkGuard(self.base_url)
+        number = 1
+        fetched = 0
+        while True:
+            guard.visit(url)
+            bundle = await self._with_retries("GET", url, parse=True)
+            page = split_page(bundle, number=number)
+            fetched += len(page.resources)
+            if page.outcomes:
+                logger.warning(
+                    "%s search page %d carries %d OperationOutcome warning(s)",
+                    resource_type,
+                    number,
+                    len(page.outcomes),
+                )
+            yield page
+            link = next_link(bundle)
+            if link is None:
+                break
+            following = guard.next_url(link, page_number=number)
+            if following is None:
+                break
+            url = following
+            number += 1
+        logger.info("%s search: %d page(s), %d resource(s)", resource_type, number, fetched)
+
+    async def request(
+        self,
+        method: str,
+        url_or_path: str,
+        *,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        params: Params | None = None,
+    ) -> httpx.Response:
+        """An authenticated, retried request (write-back of Task / MeasureReport).
+
+        Relative paths resolve against base_url; absolute URLs must be on the endpoint's server.
+        Returns the response for 1xx-3xx; raises FatalFhirError / AuthError / TransientFhirError otherwise.
+        POSTs are retried too: write-back uses conditional create, so a repeat does not duplicate.
+        """
+        url = self._absolute(url_or_path)
+        if params is not None:
+            url = url.copy_merge_params(params)
+        send_headers = dict(headers or {})
+        content: bytes | None = None
+        if json is not None:
+            content = orjson.dumps(json)
+            if not any(k.lower() == "content-type" for k in send_headers):
+                send_headers["Content-Type"] = FHIR_JSON
+        return await self._with_retries(method.upper(), url, content=content, headers=send_headers)
+
+    # -- internals -------------------------------------------------------------------------------------
+
+    def _absolute(self, url_or_path: str) -> httpx.URL:
+        url = httpx.URL(url_or_path)
+        if url.is_absolute_url:
+            # Credentials go with every request: never to another server.
+            check_same_origin(self.base_url, url, what="a request")
+            return url
+        return httpx.URL(f"{self.base_url}/{url_or_path.lstrip('/')}")
+
+    async def _with_retries(self, method: str, url: httpx.URL, **kwargs: Any) -> Any:
+        retrying = build_retrying(self.endpoint.retry, sleep=self._sleep, what=describe(method, url))
+        return await retrying(self._send_once, method, url, **kwargs)
+
+    async def _send_once(
+        self,
+        method: str,
+        url: httpx.URL,
+        *,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        parse: bool = False,
+    ) -> Any:
+        """One attempt: send, classify, and (for search pages) parse, so a broken page is refetched."""
+        try:
+            response = await self._http.request(
+                method,
+                url,
+                content=content,
+                headers=headers,
+                # GETs may follow redirects (httpx drops Authorization across origins); writes must not.
+                follow_redirects=method == "GET",
+            )
+        except httpx.TransportError as exc:
+            raise transport_error(exc, describe(method, url)) from exc
+        raise_for_response(response)
+        if parse:
+            return parse_bundle(response.content, url=url)
+        return response

@@ -1,0 +1,354 @@
+"""One stream, end to end: fetch pages → validate and map (pure) → load in one transaction per page.
+
+The watermark is the server's time (the largest `meta.lastUpdated` of the stream, or the Bundle's
+`meta.lastUpdated` when resources carry none), never this machine's clock. It is written in the same
+transaction as the rows it covers: per page when the server returns the stream sorted by
+`_lastUpdated`, otherwise together with the last page, so a run that fails half-way leaves it where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from connector.config import EndpointSettings
+from connector.errors import ConnectorError, MappingError, TransientFhirError, WarehouseError
+from connector.fhir.ndjson import NdjsonPage
+from connector.fhir.page import Page
+from connector.progress import sink
+from connector.streams import Plan
+from connector.warehouse import state
+from connector.warehouse.writer import PageWrite, Reject, content_hash, write_page
+from mappings.elements import parse_fhir_datetime, resource_meta
+from mappings.registry import MAPPERS
+from mappings.types import MapContext
+from mappings.validate import validate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class StreamResult:
+    endpoint: str
+    resource_type: str
+    mode: str
+    status: str = "running"
+    fetched: int = 0
+    loaded: int = 0
+    rejected: int = 0
+    included: int = 0
+    pages: int = 0
+    watermark: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    #: Whether the failure may pass on a retry (a timeout, a 5xx, the database briefly away).
+    transient: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class MappedPage:
+    raw: list[dict[str, Any]] = field(default_factory=list)
+    mapped: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    rejects: list[Reject] = field(default_factory=list)
+    #: (raw text, parsed) of the newest cursor value among the page's resources.
+    newest: tuple[str, datetime] | None = None
+    oldest: datetime | None = None
+    fetched: int = 0
+    included: MappedPage | None = None
+    #: False when the cursor values within the page go backwards (the server ignored `_sort`).
+    ordered: bool = True
+
+
+def _element(resource: dict[str, Any], path: str) -> Any:
+    node: Any = resource
+    for part in path.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _cursor(resource: dict[str, Any], date_element: str | None) -> tuple[str, datetime] | None:
+    """The value the watermark tracks for this resource: meta.lastUpdated, or the date-param element."""
+    path = date_element or "meta.lastUpdated"
+    raw = _element(resource, path)
+    if not isinstance(raw, str):
+        return None
+    try:
+        parsed = parse_fhir_datetime(raw, path)
+    except MappingError:
+        return None
+    return (raw, parsed) if parsed is not None else None
+
+
+def _reject_id(resource: Any) -> str | None:
+    if isinstance(resource, dict) and isinstance(resource.get("id"), str):
+        return resource["id"][:64]
+    return None
+
+
+def map_resources(
+    endpoint: str,
+    resource_type: str,
+    resources: Sequence[Any],
+    synced_at: datetime,
+    *,
+    date_element: str | None = None,
+) -> MappedPage:
+    """Validate and map one page of resources; invalid ones become rejects, the rest raw + mapped rows.
+
+    Pure apart from the CPU: no I/O, no clock (the sync time is passed in).
+    """
+    ctx = MapContext(endpoint=endpoint, synced_at=synced_at)
+    out = MappedPage()
+    previous: datetime | None = None
+    for resource in resources:
+        try:
+            if not isinstance(resource, dict) or resource.get("resourceType") != resource_type:
+                found = (
+                    resource.get("resourceType") if isinstance(resource, dict) else type(resource).__name__
+                )
+                raise MappingError(f"expected a {resource_type}, got {found!r}")
+            mapper = MAPPERS.get(resource_type)
+            if mapper is not None:
+                records = mapper(resource, ctx)
+            else:
+                validate(resource)
+                records = {}
+            rtype, rid, version_id, last_updated, _ = resource_meta(resource)
+        except MappingError as exc:
+            out.rejects.append(
+                Reject(
+                    endpoint,
+                    resource_type,
+                    _reject_id(resource),
+                    str(exc),
+                    resource if isinstance(resource, dict) else {"value": resource},
+                )
+            )
+        else:
+            out.raw.append(
+                {
+                    "endpoint": endpoint,
+                    "resource_type": rtype,
+                    "resource_id": rid,
+                    "version_id": version_id,
+                    "last_updated": last_updated,
+                    "content_hash": content_hash(resource),
+                    "payload": resource,
+                    "deleted": False,
+                }
+            )
+            for table, rows in records.items():
+                out.mapped.setdefault(table, []).extend(rows)
+        # Rejected resources are committed too (to dead_letter), so they count for the watermark.
+        cursor = _cursor(resource, date_element) if isinstance(resource, dict) else None
+        if cursor is not None:
+            if previous is not None and cursor[1] < previous:
+                out.ordered = False
+            previous = cursor[1]
+            if out.newest is None or cursor[1] > out.newest[1]:
+                out.newest = cursor
+            if out.oldest is None or cursor[1] < out.oldest:
+                out.oldest = cursor[1]
+    return out
+
+
+def search_params(
+    plan: Plan, endpoint: EndpointSettings, watermark_at: datetime | None
+) -> list[tuple[str, str]]:
+    """The search parameters of one incremental run of a stream."""
+    params: list[tuple[str, str]] = [("_count", str(endpoint.page_size))]
+    since = None
+    if watermark_at is not None:
+        since = (watermark_at - timedelta(seconds=endpoint.overlap_seconds)).astimezone(UTC)
+    if plan.mode == "last-updated":
+        params.append(("_sort", "_lastUpdated"))
+        if since is not None:
+            params.append(("_lastUpdated", f"gt{_fhir_instant(since)}"))
+    elif plan.mode == "date-param" and since is not None and plan.date_param:
+        params.append((plan.date_param, f"gt{_fhir_instant(since)}"))
+    return params
+
+
+def _fhir_instant(moment: datetime) -> str:
+    # Milliseconds and an explicit Z: servers compare at ms precision and a raw '+' breaks in URLs.
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+async def run_stream(
+    *,
+    engine: Engine,
+    endpoint: EndpointSettings,
+    plan: Plan,
+    pages: AsyncIterator[Page],
+    run_id: str,
+    synced_at: datetime,
+    batch_size: int,
+) -> StreamResult:
+    """Load every page of one stream; records the run in `sync_run`; never raises for bad resources."""
+    rt = plan.resource_type
+    result = StreamResult(endpoint.name, rt, plan.mode)
+    started = time.monotonic()
+    run_pk = await asyncio.to_thread(state.start_run, engine, run_id, endpoint.name, rt)
+    progress = sink()
+    progress.stream_started(endpoint.name, rt)
+    # Per-page watermarks are only safe while the server really returns the stream in _lastUpdated order.
+    checkpoint_per_page = plan.mode == "last-updated" and endpoint.overlap_seconds >= 1
+    newest: tuple[str, datetime] | None = None
+    bundle_time: tuple[str, datetime] | None = None
+    try:
+        page_iter = aiter(pages)
+        page = await anext(page_iter, None)
+        while page is not None:
+            # Fetch the next page while this one is mapped and written: knowing whether this page is the
+            # last decides whether its transaction carries the held-back watermark.
+            following = asyncio.ensure_future(anext(page_iter, None))
+            try:
+                mapped = _map_page(endpoint.name, rt, page, synced_at, plan.date_element)
+                backwards = not mapped.ordered or (
+                    newest is not None and mapped.oldest is not None and mapped.oldest < newest[1]
+                )
+                if checkpoint_per_page and backwards:
+                    log.warning(
+                        "%s/%s: pages are not in _lastUpdated order; holding the watermark to the end",
+                        endpoint.name,
+                        rt,
+                    )
+                    checkpoint_per_page = False
+                if mapped.newest is not None and (newest is None or mapped.newest[1] > newest[1]):
+                    newest = mapped.newest
+                if bundle_time is None and page.bundle_last_updated:
+                    bundle_time = _cursor({"meta": {"lastUpdated": page.bundle_last_updated}}, None)
+                try:
+                    next_page = await following
+                except BaseException:
+                    # Keep what this page holds; the watermark moves only as far as committed pages reach.
+                    held = newest if checkpoint_per_page else None
+                    await _write(engine, endpoint.name, rt, plan, mapped, held, batch_size, result, page)
+                    raise
+            except BaseException:
+                following.cancel()
+                raise
+            watermark = None
+            if plan.mode != "full" and (checkpoint_per_page or next_page is None):
+                watermark = newest or (bundle_time if plan.mode == "last-updated" else None)
+            await _write(engine, endpoint.name, rt, plan, mapped, watermark, batch_size, result, page)
+            page = next_page
+    except (ConnectorError, OSError) as exc:
+        result.status = "failed"
+        result.error = _one_line(exc)
+        result.transient = isinstance(exc, TransientFhirError | WarehouseError)
+        log.error("%s/%s failed after %d page(s): %s", endpoint.name, rt, result.pages, result.error)
+    except BaseException as exc:
+        result.status = "failed"
+        result.error = f"{type(exc).__name__}: {_one_line(exc)}"
+        raise
+    else:
+        result.status = "succeeded"
+    finally:
+        result.seconds = round(time.monotonic() - started, 3)
+        await asyncio.to_thread(
+            state.finish_run,
+            engine,
+            run_pk,
+            status=result.status,
+            fetched=result.fetched,
+            loaded=result.loaded,
+            rejected=result.rejected,
+            error=result.error,
+        )
+        progress.stream_finished(endpoint.name, rt, status=result.status)
+    log.info(
+        "%s/%s: %s, fetched %d, loaded %d, rejected %d in %.1fs",
+        endpoint.name,
+        rt,
+        result.status,
+        result.fetched,
+        result.loaded,
+        result.rejected,
+        result.seconds,
+    )
+    return result
+
+
+def map_included(endpoint: str, resources: Sequence[dict[str, Any]], synced_at: datetime) -> MappedPage:
+    """Resources that came with `_include`: kept raw (and mapped when a mapper exists), grouped by type."""
+    out = MappedPage()
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for resource in resources:
+        by_type.setdefault(str(resource.get("resourceType")), []).append(resource)
+    for rtype, group in by_type.items():
+        part = map_resources(endpoint, rtype, group, synced_at)
+        out.raw.extend(part.raw)
+        out.rejects.extend(part.rejects)
+        for table, rows in part.mapped.items():
+            out.mapped.setdefault(table, []).extend(rows)
+    return out
+
+
+def _map_page(
+    endpoint: str, rt: str, page: Page, synced_at: datetime, date_element: str | None
+) -> MappedPage:
+    mapped = map_resources(endpoint, rt, page.resources, synced_at, date_element=date_element)
+    if isinstance(page, NdjsonPage):
+        mapped.rejects.extend(
+            Reject(endpoint, rt, None, bad.error, {"line": bad.location, "text": bad.text})
+            for bad in page.bad_lines
+        )
+    mapped.fetched = len(page.resources) + (len(page.bad_lines) if isinstance(page, NdjsonPage) else 0)
+    extra = map_included(endpoint, page.included, synced_at)
+    mapped.included = extra
+    return mapped
+
+
+async def _write(
+    engine: Engine,
+    endpoint: str,
+    rt: str,
+    plan: Plan,
+    mapped: MappedPage,
+    watermark: tuple[str, datetime] | None,
+    batch_size: int,
+    result: StreamResult,
+    page: Page,
+) -> None:
+    extra = mapped.included or MappedPage()
+    tables = {t: list(rows) for t, rows in mapped.mapped.items()}
+    for table, rows in extra.mapped.items():
+        tables.setdefault(table, []).extend(rows)
+    write = PageWrite(
+        endpoint=endpoint,
+        resource_type=rt,
+        raw=mapped.raw + extra.raw,
+        mapped=tables,
+        rejects=mapped.rejects + extra.rejects,
+        watermark=watermark[0] if watermark else None,
+        watermark_at=watermark[1] if watermark else None,
+        mode=plan.mode,
+    )
+    written = await asyncio.to_thread(write_page, engine, write, batch_size=batch_size)
+    loaded = written.loaded_by_type.get(rt, 0)
+    result.pages += 1
+    result.fetched += mapped.fetched
+    result.included += len(page.included)
+    result.loaded += loaded
+    result.rejected += len(mapped.rejects)
+    if watermark:
+        result.watermark = watermark[0]
+    sink().page_done(endpoint, rt, fetched=mapped.fetched, loaded=loaded, rejected=len(mapped.rejects))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:500]

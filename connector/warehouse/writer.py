@@ -1,0 +1,299 @@
+"""Batched, idempotent upserts and the one-transaction write of a page.
+
+An incoming row replaces the stored one only when it is newer (see `upsert_rows`), so re-running a sync, an
+overlapping incremental window or an out-of-order Bulk file never loses the newest version of a resource.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from connector.errors import WarehouseError
+from connector.warehouse.canonical import content_hash
+from connector.warehouse.deadletter import record_rejects
+from connector.warehouse.engine import begin_write, db_error_message, insert_for
+from connector.warehouse.models import Base
+
+__all__ = [
+    "PageWrite",
+    "PageWriteResult",
+    "Reject",
+    "content_hash",
+    "upsert_rows",
+    "write_page",
+]
+
+#: The natural key every resource row carries.
+RESOURCE_KEY = ("endpoint", "resource_type", "resource_id")
+
+
+@dataclass
+class Reject:
+    """A resource that failed validation or mapping, bound for `dead_letter`."""
+
+    endpoint: str
+    resource_type: str
+    resource_id: str | None
+    #: One line, no resource values (it is shown to IT staff).
+    error: str
+    payload: dict[str, Any]
+
+
+@dataclass
+class PageWrite:
+    """Everything one page of a stream writes, committed together or not at all."""
+
+    endpoint: str
+    resource_type: str
+    #: Rows for `raw_resource`: resource_id, version_id, last_updated, payload (and optionally
+    #: content_hash, computed from payload when absent; deleted, default False). endpoint and
+    #: resource_type default to the page's; fetched_at is set by `write_page`.
+    raw: list[dict[str, Any]] = field(default_factory=list)
+    #: Table name -> rows; loaded_at is set by `write_page`.
+    mapped: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    rejects: list[Reject] = field(default_factory=list)
+    #: The server's lastUpdated text to resume from, or None to leave the watermark alone.
+    watermark: str | None = None
+    #: The same instant parsed; parsed from `watermark` when None.
+    watermark_at: datetime | None = None
+    mode: str | None = None
+
+
+@dataclass(frozen=True)
+class PageWriteResult:
+    #: raw_resource rows inserted or updated.
+    raw_loaded: int
+    #: Distinct resources (endpoint, resource_type, resource_id) of the page for which the raw row or any
+    #: mapped row was inserted or updated. Unchanged resources are not counted, so re-running a page gives
+    #: 0; a resource whose raw row is unchanged but whose mapped row is new (a replay after a mapping fix)
+    #: is counted.
+    loaded: int
+    #: Rejects of the page recorded as dead letters.
+    rejected: int
+    #: `loaded` split by resource type (a page can carry `_include`d resources of other types).
+    loaded_by_type: dict[str, int] = field(default_factory=dict)
+
+
+def upsert_rows(
+    conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]], *, batch_size: int = 500
+) -> int:
+    """INSERT .. ON CONFLICT (primary key) DO UPDATE, keeping the newer version; returns rows written.
+
+    A stored row is replaced when the incoming one is newer:
+    its `last_updated` is later, or it has one and the stored row has none, or both are equal (or both
+    NULL) and its `content_hash` differs. Re-upserting identical rows therefore writes 0 rows and an older
+    version never overwrites a newer one. Tables without these columns: `content_hash` alone decides, and
+    without it every conflict updates.
+
+    Rows may omit nullable columns (they are written as NULL); a key that is not a column is an error.
+    Rows with the same primary key are reduced to the newest before writing, because PostgreSQL refuses
+    to update one row twice in one statement.
+    """
+    return len(_upsert(conn, table, rows, batch_size=batch_size, returning=_pk_names(table)))
+
+
+def _pk_names(table: sa.Table) -> tuple[str, ...]:
+    return tuple(column.name for column in table.primary_key.columns)
+
+
+def _upsert(
+    conn: Connection,
+    table: sa.Table,
+    rows: Sequence[dict[str, Any]],
+    *,
+    batch_size: int,
+    returning: Sequence[str],
+) -> list[tuple[Any, ...]]:
+    """`upsert_rows`, returning the `returning` columns of every row inserted or updated."""
+    if not rows:
+        return []
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    pk = _pk_names(table)
+    names = _column_names(table, rows)
+    unique = _newest_per_key(rows, pk, has_last_updated="last_updated" in table.c)
+    # A stable key order makes concurrent writers lock rows in the same order (no deadlocks on PostgreSQL).
+    unique.sort(key=lambda row: tuple(row[name] for name in pk))
+
+    # Stay under the driver's limit of bound parameters per statement.
+    max_params = conn.dialect.insertmanyvalues_max_parameters
+    per_statement = max(1, min(batch_size, max_params // max(1, len(names))))
+    written: list[tuple[Any, ...]] = []
+    for start in range(0, len(unique), per_statement):
+        chunk = [{name: row.get(name) for name in names} for row in unique[start : start + per_statement]]
+        stmt = insert_for(conn, table).values(chunk)
+        update_cols = {name: stmt.excluded[name] for name in names if name not in pk}
+        if update_cols:
+            stmt = stmt.on_conflict_do_update(
+                index_elements=list(pk), set_=update_cols, where=_incoming_is_newer(table, stmt.excluded)
+            )
+        else:
+            stmt = stmt.on_conflict_do_nothing(index_elements=list(pk))
+        stmt = stmt.returning(*(table.c[name] for name in returning))
+        written.extend(tuple(row) for row in conn.execute(stmt))
+    return written
+
+
+def _column_names(table: sa.Table, rows: Iterable[dict[str, Any]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for row in rows:
+        for key in row:
+            seen.setdefault(key, None)
+    unknown = [key for key in seen if key not in table.c]
+    if unknown:
+        raise ValueError(f"{table.name} has no column {', '.join(sorted(unknown))}")
+    missing_pk = [name for name in _pk_names(table) if name not in seen]
+    if missing_pk:
+        raise ValueError(f"rows for {table.name} lack the key column {', '.join(missing_pk)}")
+    return list(seen)
+
+
+def _newest_per_key(
+    rows: Iterable[dict[str, Any]], pk: Sequence[str], *, has_last_updated: bool
+) -> list[dict[str, Any]]:
+    """One row per key: the one with the latest last_updated; on a tie, the last one given."""
+    best: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        key = tuple(row[name] for name in pk)
+        current = best.get(key)
+        if (
+            current is None
+            or not has_last_updated
+            or not _older(row.get("last_updated"), current.get("last_updated"))
+        ):
+            best[key] = row
+    return list(best.values())
+
+
+def _older(candidate: datetime | None, current: datetime | None) -> bool:
+    if candidate is None:
+        return current is not None
+    return current is not None and candidate < current
+
+
+def _incoming_is_newer(table: sa.Table, excluded: Any) -> sa.ColumnElement[bool] | None:
+    has_hash = "content_hash" in table.c
+    changed = excluded.content_hash != table.c.content_hash if has_hash else None
+    if "last_updated" not in table.c:
+        return changed
+    incoming, stored = excluded.last_updated, table.c.last_updated
+    later = sa.or_(sa.and_(stored.is_(None), incoming.is_not(None)), incoming > stored)
+    if changed is None:
+        return later
+    same_time = sa.or_(incoming == stored, sa.and_(incoming.is_(None), stored.is_(None)))
+    return sa.or_(later, sa.and_(same_time, changed))
+
+
+def _table(name: str) -> sa.Table:
+    table = Base.metadata.tables.get(name)
+    if table is None:
+        raise WarehouseError(f"no warehouse table named {name!r}")
+    return table
+
+
+def _parse_instant(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise WarehouseError(f"watermark {text!r} is not an ISO 8601 instant") from None
+    if value.tzinfo is None:
+        raise WarehouseError(f"watermark {text!r} has no time zone offset")
+    return value
+
+
+def write_page(
+    engine: Engine, page: PageWrite, *, batch_size: int = 500, conn: Connection | None = None
+) -> PageWriteResult:
+    """Write one page in ONE transaction: raw rows, mapped rows, dead letters and the watermark.
+
+    Either everything is committed or nothing is: a failure leaves raw rows, mapped rows, dead letters and
+    the watermark exactly as they were, and raises WarehouseError (one line, no resource values). The
+    watermark is only moved when `page.watermark` is set and never moves backwards; use
+    `state.reset_watermark` for a full refresh.
+
+    With `conn`, the page joins the caller's open transaction (e.g. to mark a dead letter resolved in the
+    same commit) inside a savepoint, so a failed page still leaves nothing behind; the caller commits.
+    """
+    now = datetime.now(UTC)
+    raw_rows = [_raw_row(page, row, now) for row in page.raw]
+    mapped: list[tuple[sa.Table, list[dict[str, Any]]]] = []
+    for name, rows in page.mapped.items():
+        table = _table(name)
+        stamp = {"loaded_at": now} if "loaded_at" in table.c else {}
+        mapped.append((table, [{**row, **stamp} for row in rows]))
+    watermark_at = page.watermark_at
+    if page.watermark is not None and watermark_at is None:
+        watermark_at = _parse_instant(page.watermark)
+
+    def write(tx: Connection) -> PageWriteResult:
+        raw_written = _upsert(
+            tx, _table("raw_resource"), raw_rows, batch_size=batch_size, returning=RESOURCE_KEY
+        )
+        touched: set[tuple[Any, ...]] = set(raw_written)
+        for table, rows in mapped:
+            if all(name in table.c for name in RESOURCE_KEY):
+                touched.update(_upsert(tx, table, rows, batch_size=batch_size, returning=RESOURCE_KEY))
+            else:
+                _upsert(tx, table, rows, batch_size=batch_size, returning=_pk_names(table))
+        rejected = record_rejects(tx, page.rejects, now)
+        if page.watermark is not None and watermark_at is not None:
+            _advance_watermark(tx, page, page.watermark, watermark_at, now)
+        by_type = Counter(resource_type for _endpoint, resource_type, _id in touched)
+        return PageWriteResult(
+            raw_loaded=len(raw_written), loaded=len(touched), rejected=rejected, loaded_by_type=dict(by_type)
+        )
+
+    try:
+        if conn is not None:
+            with conn.begin_nested():
+                return write(conn)
+        with begin_write(engine) as tx:
+            return write(tx)
+    except sa.exc.SQLAlchemyError as exc:
+        # `from None`: the chained DBAPI error can carry row values (PostgreSQL's DETAIL line).
+        raise WarehouseError(
+            f"writing a {page.resource_type} page of {page.endpoint} failed: {db_error_message(exc)}"
+        ) from None
+
+
+def _raw_row(page: PageWrite, row: dict[str, Any], now: datetime) -> dict[str, Any]:
+    out = {"endpoint": page.endpoint, "resource_type": page.resource_type, "deleted": False, **row}
+    if out.get("content_hash") is None and isinstance(out.get("payload"), dict):
+        out["content_hash"] = content_hash(out["payload"])
+    out["fetched_at"] = now
+    return out
+
+
+def _advance_watermark(
+    conn: Connection, page: PageWrite, watermark: str, watermark_at: datetime, now: datetime
+) -> None:
+    table = _table("sync_state")
+    stmt = insert_for(conn, table).values(
+        endpoint=page.endpoint,
+        resource_type=page.resource_type,
+        watermark=watermark,
+        watermark_at=watermark_at,
+        mode=page.mode,
+        updated_at=now,
+    )
+    excluded = stmt.excluded
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["endpoint", "resource_type"],
+        set_={
+            "watermark": excluded.watermark,
+            "watermark_at": excluded.watermark_at,
+            # A page that does not name its mode keeps the stored one.
+            "mode": sa.func.coalesce(excluded.mode, table.c.mode),
+            "updated_at": excluded.updated_at,
+        },
+        # Never backwards: an older page (retried task, parallel window) must not rewind the cursor.
+        where=sa.or_(table.c.watermark_at.is_(None), excluded.watermark_at >= table.c.watermark_at),
+    )
+    conn.execute(stmt)

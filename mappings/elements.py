@@ -1,0 +1,163 @@
+"""Pure helpers that read FHIR datatypes out of plain dicts.
+
+They assume the resource was validated first (so shapes are right) but still tolerate missing parts,
+because most FHIR elements are optional and real servers leave out what they can.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, time, timedelta, timezone
+from typing import Any
+
+from connector.errors import MappingError
+
+# FHIR date / dateTime / instant: YYYY, YYYY-MM, YYYY-MM-DD, or a full time with seconds, optional
+# fraction and a zone. FHIR requires the zone when a time is given; servers still send some without,
+# and those are read as UTC rather than rejected (a referral is not lost over a missing "Z").
+_DATETIME_RE = re.compile(
+    r"(?P<year>\d{4})"
+    r"(?:-(?P<month>\d{2})"
+    r"(?:-(?P<day>\d{2})"
+    r"(?:T(?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?:\.(?P<fraction>\d+))?)?"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?"
+    r")?)?)?"
+)
+
+# A literal reference that ends in Type/id, optionally followed by /_history/version. Absolute URLs
+# (https://server/fhir/Patient/1) are reduced to this tail, so the same target gets the same key.
+_REFERENCE_RE = re.compile(
+    r"(?:^|/)(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?/?$"
+)
+
+SNOMED = "http://snomed.info/sct"
+CPT = "http://www.ama-assn.org/go/cpt"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+
+
+def parse_fhir_datetime(value: str | None, element: str = "dateTime") -> datetime | None:
+    """Parse a FHIR date, dateTime or instant into an aware UTC datetime.
+
+    Partial dates take the start of the period ("2017" -> 2017-01-01T00:00Z); dates without a time are
+    midnight UTC. Text that is not a FHIR date raises `MappingError` naming `element` (not the text).
+    """
+    if value is None:
+        return None
+    match = _DATETIME_RE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise MappingError(f"{element}: not a FHIR date/dateTime/instant")
+    parts = match.groupdict()
+    try:
+        day = date(int(parts["year"]), int(parts["month"] or 1), int(parts["day"] or 1))
+        if parts["hour"] is None:
+            return datetime.combine(day, time(), tzinfo=UTC)
+        fraction = (parts["fraction"] or "")[:6].ljust(6, "0")
+        clock = time(int(parts["hour"]), int(parts["minute"]), int(parts["second"] or 0), int(fraction))
+        tz = parts["tz"]
+        if tz is None or tz == "Z":
+            zone: timezone = UTC
+        else:
+            sign = -1 if tz[0] == "-" else 1
+            offset = timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6]))
+            if offset >= timedelta(hours=24):
+                raise ValueError("offset out of range")
+            zone = timezone(sign * offset)
+        return datetime.combine(day, clock, tzinfo=zone).astimezone(UTC)
+    except (ValueError, OverflowError):
+        # Month 13, day 31 in April, hour 25, or a year-1 date shifted below datetime.min.
+        raise MappingError(f"{element}: not a valid date or time") from None
+
+
+def reference_type(ref: dict[str, Any] | None) -> str | None:
+    """The resource type a Reference points at: `Reference.type`, else the literal reference's type."""
+    if not isinstance(ref, dict):
+        return None
+    explicit = ref.get("type")
+    if isinstance(explicit, str) and explicit:
+        # Reference.type may be a canonical URL of a StructureDefinition; its last segment is the type.
+        return explicit.rsplit("/", 1)[-1]
+    literal = reference(ref)
+    if literal and not literal.startswith(("#", "urn:")):
+        return literal.split("/", 1)[0]
+    return None
+
+
+def reference(ref: dict[str, Any] | None) -> str | None:
+    """The `Type/id` a Reference points at, or None when it has no literal reference we can key on.
+
+    - "Patient/1", "Patient/1/_history/2", "https://host/fhir/Patient/1" -> "Patient/1"
+    - "#contained-id" -> kept as is (the target lives inside the same resource)
+    - "urn:uuid:..." / "urn:oid:..." -> kept as is (a Bundle-local identity, as in Synthea bundles)
+    - identifier-only or display-only references, conditional references ("Practitioner?identifier=...")
+      and URLs that do not end in Type/id -> None
+    """
+    if not isinstance(ref, dict):
+        return None
+    literal = ref.get("reference")
+    if not isinstance(literal, str) or not literal:
+        return None
+    if literal.startswith("#"):
+        return literal
+    if literal.startswith(("urn:uuid:", "urn:oid:")):
+        return literal
+    if "?" in literal:  # a conditional reference is a search the server resolves, not an id
+        return None
+    match = _REFERENCE_RE.search(literal)
+    if match is None:
+        return None
+    return f"{match['type']}/{match['id']}"
+
+
+def coding(
+    concept: dict[str, Any] | None, system: str | None = None
+) -> tuple[str | None, str | None, str | None]:
+    """(system, code, display) of the first coding in `system` (or the first coding when None).
+
+    The display falls back to `CodeableConcept.text`, so a text-only concept still yields a label.
+    """
+    if not isinstance(concept, dict):
+        return None, None, None
+    text = concept.get("text")
+    for item in concept.get("coding") or ():
+        if not isinstance(item, dict):
+            continue
+        if system is None or item.get("system") == system:
+            return item.get("system"), item.get("code"), item.get("display") or text
+    return None, None, text
+
+
+def codes(concepts: list[dict[str, Any]] | None) -> list[str]:
+    """Every coding of every concept as a FHIR token "system|code" ("|code" when the system is absent)."""
+    tokens: list[str] = []
+    for concept in concepts or ():
+        if not isinstance(concept, dict):
+            continue
+        for item in concept.get("coding") or ():
+            if isinstance(item, dict) and item.get("code"):
+                tokens.append(f"{item.get('system') or ''}|{item['code']}")
+    return tokens
+
+
+def resource_meta(resource: dict[str, Any]) -> tuple[str, str, str | None, datetime | None, str | None]:
+    """(resourceType, id, meta.versionId, meta.lastUpdated as aware UTC, meta.lastUpdated as sent).
+
+    The raw text is kept next to the parsed value because it is what a server compares in `_lastUpdated`
+    searches, and parsing drops sub-microsecond digits.
+    """
+    rtype = resource.get("resourceType")
+    rid = resource.get("id")
+    if not isinstance(rtype, str) or not rtype:
+        raise MappingError("resource has no resourceType")
+    if not isinstance(rid, str) or not rid:
+        raise MappingError(f"{rtype}: resource has no id")
+    meta = resource.get("meta")
+    meta = meta if isinstance(meta, dict) else {}
+    version = meta.get("versionId")
+    raw = meta.get("lastUpdated")
+    return (
+        rtype,
+        rid,
+        version if isinstance(version, str) else None,
+        parse_fhir_datetime(raw, "meta.lastUpdated"),
+        raw,
+    )

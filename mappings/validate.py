@@ -1,0 +1,170 @@
+"""Validate a FHIR R4 resource (plain dict) with the `fhir.resources.R4B` models.
+
+`fhir.resources` 8.x has no R4 package; its R4B models (FHIR 4.3.0) accept R4 content where the two agree,
+while its top-level models are R5 and reject R4 data, so only `fhir.resources.R4B` is used here.
+
+The pydantic models check structure, datatypes, cardinality and unknown elements but not code bindings,
+so the required bindings of the top-level status-like codes we report on are checked here as well: a
+`status` of "bogus" must be a dead letter, not a row.
+
+Error messages are built from error locations and pydantic's messages only, never from input values:
+resources hold PHI, and these messages end up in logs and in `dead_letter.error`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from functools import cache
+from typing import Any
+
+from pydantic import ValidationError
+
+from connector.errors import MappingError
+
+_TYPE_RE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+_ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_MAX_ERRORS_SHOWN = 3
+
+
+def _codes(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+_FM_STATUS = _codes("active cancelled draft entered-in-error")
+_CLAIM_USE = _codes("claim preauthorization predetermination")
+_RESPONSE_OUTCOME = _codes("queued complete error partial")
+_REQUEST_STATUS = _codes("draft active on-hold revoked completed entered-in-error unknown")
+_ORDER_INTENTS = "plan order original-order reflex-order filler-order instance-order option"
+_REQUEST_INTENT = _codes(f"proposal directive {_ORDER_INTENTS}")
+_REQUEST_PRIORITY = _codes("routine urgent asap stat")
+
+# Required bindings (FHIR R4 value sets) of top-level code elements, per resource type. Only `code`
+# elements the warehouse reports on are listed; a value outside the set makes the resource invalid.
+REQUIRED_CODES: dict[str, dict[str, frozenset[str]]] = {
+    "ServiceRequest": {"status": _REQUEST_STATUS, "intent": _REQUEST_INTENT, "priority": _REQUEST_PRIORITY},
+    "Coverage": {"status": _FM_STATUS},
+    "CoverageEligibilityResponse": {"status": _FM_STATUS, "outcome": _RESPONSE_OUTCOME},
+    "Claim": {"status": _FM_STATUS, "use": _CLAIM_USE},
+    "ClaimResponse": {"status": _FM_STATUS, "use": _CLAIM_USE, "outcome": _RESPONSE_OUTCOME},
+    "ExplanationOfBenefit": {"status": _FM_STATUS, "use": _CLAIM_USE, "outcome": _RESPONSE_OUTCOME},
+    "Appointment": {
+        "status": _codes(
+            "proposed pending booked arrived fulfilled cancelled noshow entered-in-error checked-in waitlist"
+        )
+    },
+    "Encounter": {
+        "status": _codes(
+            "planned arrived triaged in-progress onleave finished cancelled entered-in-error unknown"
+        )
+    },
+    "Task": {
+        "status": _codes(
+            "draft requested received accepted rejected ready cancelled in-progress on-hold failed completed"
+            " entered-in-error"
+        ),
+        "intent": _codes(f"unknown proposal {_ORDER_INTENTS}"),
+        "priority": _REQUEST_PRIORITY,
+    },
+    "MeasureReport": {
+        "status": _codes("complete pending error"),
+        "type": _codes("individual subject-list summary data-collection"),
+    },
+}
+
+
+@cache
+def _model_class(resource_type: str) -> type[Any] | None:
+    """The R4B model class for a resource type, imported on first use (importing all is slow)."""
+    try:
+        module = importlib.import_module(f"fhir.resources.R4B.{resource_type.lower()}")
+    except ImportError:
+        return None
+    model = getattr(module, resource_type, None)
+    return model if isinstance(model, type) else None
+
+
+def resource_label(resource: Any) -> str:
+    """`Type/id` for messages; parts that are not a valid FHIR type or id are not echoed."""
+    if not isinstance(resource, dict):
+        return "<not a JSON object>"
+    rtype = resource.get("resourceType")
+    rid = resource.get("id")
+    type_part = rtype if isinstance(rtype, str) and _TYPE_RE.fullmatch(rtype) else "<unknown type>"
+    id_part = rid if isinstance(rid, str) and _ID_RE.fullmatch(rid) else "<invalid id>"
+    return f"{type_part}/{id_part}"
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    """('code', 'coding', 0, 'system') -> 'code.coding[0].system'."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "<root>"
+
+
+def _value_at(resource: Any, loc: tuple[int | str, ...]) -> Any:
+    node = resource
+    for part in loc:
+        if isinstance(part, int) and isinstance(node, list) and -len(node) <= part < len(node):
+            node = node[part]
+        elif isinstance(part, str) and isinstance(node, dict):
+            node = node.get(part)
+        else:
+            return None
+    return node
+
+
+def _safe_message(resource: dict[str, Any], error: dict[str, Any]) -> str:
+    """Pydantic's message, unless a custom validator echoed the offending value into it."""
+    msg = " ".join(str(error.get("msg", "")).split())
+    value = _value_at(resource, tuple(error.get("loc", ())))
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        text = str(value)
+        if text and text in msg:
+            return str(error.get("type", "invalid value"))
+    return msg
+
+
+def _check_required_codes(resource: dict[str, Any], resource_type: str) -> list[str]:
+    problems = []
+    for element, allowed in REQUIRED_CODES.get(resource_type, {}).items():
+        value = resource.get(element)
+        if value is not None and value not in allowed:
+            problems.append(f"{element}: code not in the required value set")
+    return problems
+
+
+def validate(resource: dict[str, Any]) -> None:
+    """Raise `MappingError` (one line, no resource values) unless `resource` is a valid R4 resource."""
+    label = resource_label(resource)
+    if not isinstance(resource, dict):
+        raise MappingError(f"{label}: a resource must be a JSON object")
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str) or not rtype:
+        raise MappingError(f"{label}: missing resourceType")
+    model = _model_class(rtype) if _TYPE_RE.fullmatch(rtype) else None
+    if model is None:
+        raise MappingError(f"{label}: unknown resourceType")
+    rid = resource.get("id")
+    if not isinstance(rid, str) or not rid:
+        raise MappingError(f"{label}: missing id")
+
+    problems: list[str] = []
+    try:
+        model.model_validate(resource)
+    except ValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False, include_context=False)
+        problems = [f"{_format_loc(tuple(e['loc']))}: {_safe_message(resource, dict(e))}" for e in errors]
+    except (ValueError, TypeError) as exc:  # fhir_core raises these for some root-level shape problems
+        problems = [f"<root>: {type(exc).__name__}"]
+    problems += _check_required_codes(resource, rtype)
+    if not problems:
+        return
+    shown = "; ".join(problems[:_MAX_ERRORS_SHOWN])
+    more = len(problems) - _MAX_ERRORS_SHOWN
+    suffix = f" ({more} more)" if more > 0 else ""
+    raise MappingError(f"{label}: invalid {rtype}: {shown}{suffix}")

@@ -1,0 +1,93 @@
+"""Shared fixtures: a SQLite file per test and a real PostgreSQL database per test session.
+
+PostgreSQL comes from CONNECTOR_TEST_PG_URL (default: the CI server on 127.0.0.1:5432). Tests that need it
+are skipped when it cannot be reached, except on CI (CI=true), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from connector.warehouse.engine import make_engine, migrate
+
+DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'wh.db'}"
+
+
+def _admin_engine(url: sa.URL) -> Engine:
+    # CREATE/DROP DATABASE cannot run inside a transaction.
+    return sa.create_engine(
+        url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 5}
+    )
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh, empty database for this test session, dropped at the end."""
+    raw = os.environ.get("CONNECTOR_TEST_PG_URL") or DEFAULT_PG_URL
+    admin_url = sa.make_url(raw)
+    if admin_url.drivername == "postgresql":
+        admin_url = admin_url.set(drivername="postgresql+psycopg")
+    shown = admin_url.render_as_string(hide_password=True)
+    admin = _admin_engine(admin_url)
+    name = f"connector_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL unreachable at {shown} and CI=true: {reason}")
+        pytest.skip(f"PostgreSQL unreachable at {shown} (set CONNECTOR_TEST_PG_URL): {reason}")
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def _reset_pg(url: str) -> None:
+    """Empty the session database: dropping the schema removes every table, index and alembic_version."""
+    engine = _admin_engine(sa.make_url(url))
+    try:
+        with engine.connect() as conn:
+            # A connection a previous test left inside a transaction would block the DROP: fail instead.
+            conn.exec_driver_sql("SET lock_timeout = '10s'")
+            conn.exec_driver_sql("DROP SCHEMA IF EXISTS public CASCADE")
+            conn.exec_driver_sql("CREATE SCHEMA public")
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def warehouse_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty warehouse (nothing migrated yet) on each dialect."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'wh.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    _reset_pg(url)
+    return url
+
+
+@pytest.fixture
+def engine(warehouse_url: str) -> Iterator[Engine]:
+    """A migrated warehouse engine, disposed after the test."""
+    eng = make_engine(warehouse_url)
+    migrate(eng)
+    try:
+        yield eng
+    finally:
+        eng.dispose()

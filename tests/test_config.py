@@ -1,0 +1,162 @@
+"""Configuration: the TOML contract, secrets indirection, and errors that name the file and the key."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from connector.config import EXAMPLE_CONFIG, load_settings, parse_settings, resolve_secret
+from connector.errors import ConfigError
+
+MINIMAL = """
+[warehouse]
+url = "sqlite:///wh.db"
+
+[[endpoints]]
+name = "clinic-emr"
+base_url = "https://emr.example.org/fhir/R4/"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "connector.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_minimal_config_gets_defaults_and_normalised_url(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, MINIMAL))
+    endpoint = settings.endpoint("clinic-emr")
+    assert endpoint.base_url == "https://emr.example.org/fhir/R4"
+    assert endpoint.page_size == 200
+    assert endpoint.verify_tls is True
+    assert endpoint.auth.type == "none"
+    assert "ServiceRequest" in endpoint.resources
+    assert settings.source_file == (tmp_path / "connector.toml").resolve()
+
+
+def test_example_config_from_init_is_valid(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, EXAMPLE_CONFIG))
+    endpoint = settings.endpoints[0]
+    assert endpoint.auth.type == "smart-backend"
+    assert endpoint.schedule == "*/15 * * * *"
+    assert endpoint.date_params == {"ServiceRequest": "authored", "Claim": "created"}
+
+
+def test_several_endpoints_and_relative_ndjson_dir(tmp_path: Path) -> None:
+    text = MINIMAL + '\n[[endpoints]]\nname = "monthly-export"\nndjson_dir = "exports/2026-11"\n'
+    settings = load_settings(write(tmp_path, text))
+    assert [e.name for e in settings.endpoints] == ["clinic-emr", "monthly-export"]
+    assert settings.endpoint("monthly-export").ndjson_dir == tmp_path.resolve() / "exports/2026-11"
+    assert not settings.endpoint("monthly-export").is_server
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ('colour = "blue"', "endpoints['clinic-emr'].colour: unknown key"),
+        ('schedule = "every monday"', "endpoints['clinic-emr'].schedule: 'every monday' is not a valid cron"),
+        ('resources = ["Patient"]', "endpoints['clinic-emr'].resources: unsupported resource type Patient"),
+        ("page_size = 0", "endpoints['clinic-emr'].page_size"),
+    ],
+)
+def test_bad_endpoint_keys_are_named(tmp_path: Path, snippet: str, expected: str) -> None:
+    path = write(tmp_path, MINIMAL + snippet + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert str(path.resolve()) in str(info.value)
+    assert expected in str(info.value)
+
+
+def test_bad_url_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL.replace("https://emr.example.org/fhir/R4/", "emr.example.org/fhir"))
+    with pytest.raises(ConfigError, match=r"endpoints\['clinic-emr'\]\.base_url: .*not an http\(s\) URL"):
+        load_settings(path)
+
+
+def test_credentials_in_url_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL.replace("https://", "https://user:hunter2@"))
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert "hunter2" not in str(info.value)
+    assert "base_url" in str(info.value)
+
+
+def test_missing_source_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[endpoints]]\nname = "x"\n')
+    with pytest.raises(ConfigError, match=r"endpoints\['x'\]: set exactly one of `base_url`"):
+        load_settings(path)
+
+
+def test_unknown_top_level_table_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"warehous: unknown key"):
+        load_settings(write(tmp_path, MINIMAL + '\n[warehous]\nurl = "x"\n'))
+
+
+def test_duplicate_endpoint_names(tmp_path: Path) -> None:
+    text = MINIMAL + '\n[[endpoints]]\nname = "clinic-emr"\nndjson_dir = "x"\n'
+    with pytest.raises(ConfigError, match="used twice"):
+        load_settings(write(tmp_path, text))
+
+
+def test_missing_secret_env_var_names_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EMR_TEST_PASSWORD", raising=False)
+    text = (
+        MINIMAL + '[endpoints.auth]\ntype = "basic"\nusername = "svc"\npassword = "env:EMR_TEST_PASSWORD"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text))
+    assert "endpoints['clinic-emr'].auth.password: environment variable EMR_TEST_PASSWORD is not set" in str(
+        info.value
+    )
+
+
+def test_secrets_resolve_and_never_show_in_repr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMR_TEST_PASSWORD", "s3cret-from-env")
+    token_file = tmp_path / "token"
+    token_file.write_text("tok-from-file\n")
+    text = (
+        MINIMAL + '[endpoints.auth]\ntype = "basic"\nusername = "svc"\npassword = "env:EMR_TEST_PASSWORD"\n'
+    )
+    settings = load_settings(write(tmp_path, text))
+    auth = settings.endpoints[0].auth
+    assert auth.password is not None
+    assert auth.password.get_secret_value() == "s3cret-from-env"
+    assert "s3cret-from-env" not in repr(settings)
+    assert "s3cret-from-env" not in settings.model_dump_json()
+    assert resolve_secret(f"file:{token_file}") == "tok-from-file"
+
+
+def test_unreadable_secret_file(tmp_path: Path) -> None:
+    text = MINIMAL + f'[endpoints.auth]\ntype = "bearer"\ntoken = "file:{tmp_path}/missing"\n'
+    with pytest.raises(ConfigError, match=r"auth\.token: cannot read secret file"):
+        load_settings(write(tmp_path, text))
+
+
+def test_auth_type_requires_its_keys(tmp_path: Path) -> None:
+    text = (
+        MINIMAL + '[endpoints.auth]\ntype = "smart-backend"\nclient_id = "c"\ntoken_url = "https://a/token"\n'
+    )
+    with pytest.raises(ConfigError, match="needs `private_key_file`"):
+        load_settings(write(tmp_path, text))
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"not found.*connector init"):
+        load_settings(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "[[endpoints]\n"))
+
+
+def test_config_env_var_is_used_when_no_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, MINIMAL)
+    monkeypatch.setenv("CONNECTOR_CONFIG", str(path))
+    assert load_settings().endpoints[0].name == "clinic-emr"
+
+
+def test_unknown_endpoint_lookup_lists_known(tmp_path: Path) -> None:
+    settings = parse_settings(tomllib.loads(MINIMAL))
+    with pytest.raises(ConfigError, match="configured: clinic-emr"):
+        settings.endpoint("other")
