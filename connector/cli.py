@@ -462,7 +462,11 @@ def deadletters_replay(
         try:
             ensure_schema(engine)
             return replay_dead_letters(
-                engine, endpoint=endpoint, ids=ids, batch_size=settings.warehouse.batch_size
+                engine,
+                endpoint=endpoint,
+                ids=ids,
+                batch_size=settings.warehouse.batch_size,
+                options={e.name: e.mapping.options() for e in settings.endpoints},
             )
         finally:
             engine.dispose()

@@ -26,12 +26,13 @@ from pydantic import (
 )
 
 from connector.errors import ConfigError
+from mappings.types import DEFAULT_INTAKE_ITEMS, MappingOptions
 
 CONFIG_ENV_VAR = "CONNECTOR_CONFIG"
 DEFAULT_CONFIG_FILE = "connector.toml"
 
-#: Resource types the connector knows how to pull; the order is the default sync order.
-SUPPORTED_RESOURCES: tuple[str, ...] = (
+#: Resource types synced by default; the order is the sync order.
+DEFAULT_RESOURCES: tuple[str, ...] = (
     "ServiceRequest",
     "Appointment",
     "Encounter",
@@ -41,6 +42,11 @@ SUPPORTED_RESOURCES: tuple[str, ...] = (
     "ClaimResponse",
     "ExplanationOfBenefit",
 )
+#: Directory resources (referral sources). A server sends them with `_include`; an NDJSON folder
+#: lists them as streams of their own.
+DIRECTORY_RESOURCES: tuple[str, ...] = ("Practitioner", "PractitionerRole", "Organization")
+SUPPORTED_RESOURCES: tuple[str, ...] = DEFAULT_RESOURCES + DIRECTORY_RESOURCES
+DISCIPLINES: tuple[str, ...] = ("PT", "OT", "SLP", "other")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -157,6 +163,46 @@ class RetrySettings(_Strict):
     retry_after_cap_seconds: float = Field(default=120.0, ge=0)
 
 
+class MappingSettings(_Strict):
+    """How this endpoint's resources are mapped (`[endpoints.mapping]`)."""
+
+    #: "system|code" -> PT / OT / SLP / other, added to (or overriding) the shipped discipline code map.
+    discipline_codes: dict[str, str] = Field(default_factory=dict)
+    #: Intake items a referral needs to count as complete.
+    intake_required: list[str] = Field(default_factory=lambda: list(DEFAULT_INTAKE_ITEMS))
+    #: Store Coverage.subscriberId in clear text; by default only a hash is kept.
+    keep_subscriber_id: bool = False
+
+    @field_validator("discipline_codes")
+    @classmethod
+    def _codes(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, discipline in value.items():
+            if "|" not in key:
+                raise ValueError(
+                    f"{key!r}: write codes as 'system|code', e.g. 'http://snomed.info/sct|91251008'"
+                )
+            if discipline not in DISCIPLINES:
+                raise ValueError(f"{key!r}: discipline must be one of {', '.join(DISCIPLINES)}")
+        return value
+
+    @field_validator("intake_required")
+    @classmethod
+    def _items(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in DEFAULT_INTAKE_ITEMS]
+        if unknown:
+            raise ValueError(
+                f"unknown intake item {', '.join(unknown)}; known: {', '.join(DEFAULT_INTAKE_ITEMS)}"
+            )
+        return list(dict.fromkeys(value))
+
+    def options(self) -> MappingOptions:
+        return MappingOptions(
+            discipline_codes=dict(self.discipline_codes),
+            intake_required=tuple(self.intake_required),
+            keep_subscriber_id=self.keep_subscriber_id,
+        )
+
+
 class EndpointSettings(_Strict):
     """One FHIR server (or one folder of Bulk NDJSON files) to sync from."""
 
@@ -164,7 +210,7 @@ class EndpointSettings(_Strict):
     base_url: str | None = None
     ndjson_dir: Path | None = None
     enabled: bool = True
-    resources: list[str] = Field(default_factory=lambda: list(SUPPORTED_RESOURCES))
+    resources: list[str] = Field(default_factory=lambda: list(DEFAULT_RESOURCES))
     schedule: str | None = None
     page_size: int = Field(default=200, ge=1, le=5000)
     #: Seconds subtracted from the watermark on each incremental search, so late commits are not missed.
@@ -178,6 +224,7 @@ class EndpointSettings(_Strict):
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    mapping: MappingSettings = Field(default_factory=MappingSettings)
 
     @field_validator("name")
     @classmethod
@@ -388,6 +435,13 @@ page_size = 200                            # _count per search page
 overlap_seconds = 60                       # re-read this much before the watermark (duplicates are harmless)
 incremental = "auto"                       # auto | last-updated | date-param | full
 # verify_tls = false                       # only for a test server with a self-signed certificate
+
+# How resources are mapped (all optional):
+[endpoints.mapping]
+intake_required = ["diagnosis", "referral_reason", "payer", "requested_start", "referrer", "patient"]
+keep_subscriber_id = false                 # true stores Coverage.subscriberId; default keeps a hash only
+[endpoints.mapping.discipline_codes]       # local codes -> PT / OT / SLP / other, on top of the shipped map
+"http://clinic.example.org/codes|PT-EVAL" = "PT"
 
 # Used when the server cannot search by _lastUpdated:
 [endpoints.date_params]

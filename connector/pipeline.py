@@ -27,9 +27,8 @@ from connector.streams import Plan
 from connector.warehouse import state
 from connector.warehouse.writer import PageWrite, Reject, content_hash, write_page
 from mappings.elements import parse_fhir_datetime, resource_meta
-from mappings.registry import MAPPERS
-from mappings.types import MapContext
-from mappings.validate import validate
+from mappings.registry import map_resource
+from mappings.types import MapContext, MappingOptions
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +103,13 @@ def map_resources(
     synced_at: datetime,
     *,
     date_element: str | None = None,
+    options: MappingOptions | None = None,
 ) -> MappedPage:
     """Validate and map one page of resources; invalid ones become rejects, the rest raw + mapped rows.
 
     Pure apart from the CPU: no I/O, no clock (the sync time is passed in).
     """
-    ctx = MapContext(endpoint=endpoint, synced_at=synced_at)
+    ctx = MapContext(endpoint=endpoint, synced_at=synced_at, options=options or MappingOptions())
     out = MappedPage()
     previous: datetime | None = None
     for resource in resources:
@@ -119,12 +119,7 @@ def map_resources(
                     resource.get("resourceType") if isinstance(resource, dict) else type(resource).__name__
                 )
                 raise MappingError(f"expected a {resource_type}, got {found!r}")
-            mapper = MAPPERS.get(resource_type)
-            if mapper is not None:
-                records = mapper(resource, ctx)
-            else:
-                validate(resource)
-                records = {}
+            records = map_resource(resource, ctx)
             rtype, rid, version_id, last_updated, _ = resource_meta(resource)
         except MappingError as exc:
             out.rejects.append(
@@ -169,6 +164,7 @@ def search_params(
 ) -> list[tuple[str, str]]:
     """The search parameters of one incremental run of a stream."""
     params: list[tuple[str, str]] = [("_count", str(endpoint.page_size))]
+    params.extend(("_include", target) for target in plan.includes)
     since = None
     if watermark_at is not None:
         since = (watermark_at - timedelta(seconds=endpoint.overlap_seconds)).astimezone(UTC)
@@ -201,6 +197,7 @@ async def run_stream(
     result = StreamResult(endpoint.name, rt, plan.mode)
     started = time.monotonic()
     run_pk = await asyncio.to_thread(state.start_run, engine, run_id, endpoint.name, rt)
+    options = endpoint.mapping.options()
     progress = sink()
     progress.stream_started(endpoint.name, rt)
     # Per-page watermarks are only safe while the server really returns the stream in _lastUpdated order.
@@ -215,7 +212,7 @@ async def run_stream(
             # last decides whether its transaction carries the held-back watermark.
             following = asyncio.ensure_future(anext(page_iter, None))
             try:
-                mapped = _map_page(endpoint.name, rt, page, synced_at, plan.date_element)
+                mapped = _map_page(endpoint.name, rt, page, synced_at, plan.date_element, options)
                 backwards = not mapped.ordered or (
                     newest is not None and mapped.oldest is not None and mapped.oldest < newest[1]
                 )
@@ -282,14 +279,19 @@ async def run_stream(
     return result
 
 
-def map_included(endpoint: str, resources: Sequence[dict[str, Any]], synced_at: datetime) -> MappedPage:
+def map_included(
+    endpoint: str,
+    resources: Sequence[dict[str, Any]],
+    synced_at: datetime,
+    options: MappingOptions | None = None,
+) -> MappedPage:
     """Resources that came with `_include`: kept raw (and mapped when a mapper exists), grouped by type."""
     out = MappedPage()
     by_type: dict[str, list[dict[str, Any]]] = {}
     for resource in resources:
         by_type.setdefault(str(resource.get("resourceType")), []).append(resource)
     for rtype, group in by_type.items():
-        part = map_resources(endpoint, rtype, group, synced_at)
+        part = map_resources(endpoint, rtype, group, synced_at, options=options)
         out.raw.extend(part.raw)
         out.rejects.extend(part.rejects)
         for table, rows in part.mapped.items():
@@ -298,16 +300,23 @@ def map_included(endpoint: str, resources: Sequence[dict[str, Any]], synced_at: 
 
 
 def _map_page(
-    endpoint: str, rt: str, page: Page, synced_at: datetime, date_element: str | None
+    endpoint: str,
+    rt: str,
+    page: Page,
+    synced_at: datetime,
+    date_element: str | None,
+    options: MappingOptions,
 ) -> MappedPage:
-    mapped = map_resources(endpoint, rt, page.resources, synced_at, date_element=date_element)
+    mapped = map_resources(
+        endpoint, rt, page.resources, synced_at, date_element=date_element, options=options
+    )
     if isinstance(page, NdjsonPage):
         mapped.rejects.extend(
             Reject(endpoint, rt, None, bad.error, {"line": bad.location, "text": bad.text})
             for bad in page.bad_lines
         )
     mapped.fetched = len(page.resources) + (len(page.bad_lines) if isinstance(page, NdjsonPage) else 0)
-    extra = map_included(endpoint, page.included, synced_at)
+    extra = map_included(endpoint, page.included, synced_at, options)
     mapped.included = extra
     return mapped
 

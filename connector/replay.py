@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from itertools import islice
 
@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from connector.pipeline import map_resources
 from connector.warehouse import deadletter
 from connector.warehouse.writer import PageWrite, write_page
+from mappings.types import MappingOptions
 
 
 def replay_dead_letters(
@@ -20,6 +21,7 @@ def replay_dead_letters(
     ids: Sequence[int] | None = None,
     batch_size: int = 500,
     now: datetime | None = None,
+    options: Mapping[str, MappingOptions] | None = None,
 ) -> dict[str, int]:
     """Map each open dead letter again; those that now pass are loaded and marked resolved.
 
@@ -32,7 +34,7 @@ def replay_dead_letters(
     while chunk := list(islice(letters, batch_size)):
         for letter_id, ep, resource_type, payload in chunk:
             counts["replayed"] += 1
-            mapped = map_resources(ep, resource_type, [payload], synced_at)
+            mapped = map_resources(ep, resource_type, [payload], synced_at, options=(options or {}).get(ep))
             write = PageWrite(
                 endpoint=ep,
                 resource_type=resource_type,

@@ -5,7 +5,7 @@ Adding a resource type is adding one `Stream` here (and its mapper in `mappings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from connector.config import SUPPORTED_RESOURCES, EndpointSettings
@@ -37,7 +37,7 @@ DATE_PARAM_ELEMENTS: dict[tuple[str, str], str] = {
 }
 
 STREAMS: tuple[Stream, ...] = (
-    Stream("ServiceRequest", date_param="authored"),
+    Stream("ServiceRequest", date_param="authored", includes=("ServiceRequest:requester",)),
     Stream("Appointment", date_param="date"),
     Stream("Encounter", date_param="date"),
     Stream("Coverage"),
@@ -45,6 +45,9 @@ STREAMS: tuple[Stream, ...] = (
     Stream("Claim", date_param="created"),
     Stream("ClaimResponse", date_param="created"),
     Stream("ExplanationOfBenefit", date_param="created"),
+    Stream("Practitioner"),
+    Stream("PractitionerRole"),
+    Stream("Organization"),
 )
 
 assert tuple(s.resource_type for s in STREAMS) == SUPPORTED_RESOURCES, "registry and config disagree"
@@ -67,6 +70,7 @@ class Plan:
     mode: Mode
     date_param: str | None
     reason: str
+    includes: tuple[str, ...] = ()
 
     @property
     def date_element(self) -> str | None:
@@ -77,6 +81,13 @@ class Plan:
 
 def plan_stream(endpoint: EndpointSettings, stream: Stream, capability: dict | None) -> Plan:
     """Choose the incremental mode: `_lastUpdated`, a date parameter, or a full crawl upserting by version."""
+    plan = _choose_mode(endpoint, stream, capability)
+    if endpoint.is_server and stream.includes:
+        plan = replace(plan, includes=stream.includes)
+    return plan
+
+
+def _choose_mode(endpoint: EndpointSettings, stream: Stream, capability: dict | None) -> Plan:
     rt = stream.resource_type
     if not endpoint.is_server:
         return Plan(rt, "ndjson", None, "NDJSON folder: every file is read, upserts keep the newest version")

@@ -25,7 +25,7 @@ from mappings.elements import (
     resource_meta,
 )
 from mappings.types import MapContext, MappedRecords
-from mappings.validate import resource_label, validate
+from mappings.validate import resource_label
 
 # Requesters whose display would be a person's name we must not store.
 _PERSONAL_REQUESTERS = frozenset({"Patient", "RelatedPerson"})
@@ -76,8 +76,7 @@ def _category_code(categories: list[dict[str, Any]] | None) -> str | None:
 
 
 def map_service_request(resource: dict[str, Any], ctx: MapContext) -> MappedRecords:
-    """Validate a ServiceRequest and map it to one `referral` row."""
-    validate(resource)
+    """Map a validated ServiceRequest to one `referral` row."""
     rtype, rid, version_id, last_updated, _ = resource_meta(resource)
     if rtype != "ServiceRequest":
         raise MappingError(f"{resource_label(resource)}: expected a ServiceRequest")

@@ -2,21 +2,50 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, TypeAlias
+
+#: The standard referral intake items (issue: intake checklist); an endpoint may require fewer or others.
+DEFAULT_INTAKE_ITEMS: tuple[str, ...] = (
+    "diagnosis",
+    "referral_reason",
+    "payer",
+    "requested_start",
+    "referrer",
+    "patient",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MappingOptions:
+    """Per-endpoint mapping choices from the config (`[endpoints.mapping]`); frozen and picklable."""
+
+    #: Extra "system|code" -> discipline (PT / OT / SLP / other), on top of the shipped code map.
+    discipline_codes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: Intake items a referral must have to count as complete.
+    intake_required: tuple[str, ...] = DEFAULT_INTAKE_ITEMS
+    #: Keep Coverage.subscriberId in clear text; by default only its hash is stored.
+    keep_subscriber_id: bool = False
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # MappingProxyType does not pickle; rebuild from a plain dict.
+        return (MappingOptions, (dict(self.discipline_codes), self.intake_required, self.keep_subscriber_id))
 
 
 @dataclass(frozen=True, slots=True)
 class MapContext:
-    """What a mapper needs besides the resource; passed in so mappers stay pure (no clock, no config)."""
+    """What a mapper needs besides the resource, passed in so mappers stay pure (no clock, no config)."""
 
     endpoint: str
     synced_at: datetime
+    options: MappingOptions = field(default_factory=MappingOptions)
 
 
 MappedRecords: TypeAlias = dict[str, list[dict[str, Any]]]
 """Table name -> rows for that table."""
 
 Mapper: TypeAlias = Callable[[dict[str, Any], MapContext], MappedRecords]
+"""A mapper gets a resource that `mappings.validate.validate` already accepted."""

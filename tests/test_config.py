@@ -160,3 +160,28 @@ def test_unknown_endpoint_lookup_lists_known(tmp_path: Path) -> None:
     settings = parse_settings(tomllib.loads(MINIMAL))
     with pytest.raises(ConfigError, match="configured: clinic-emr"):
         settings.endpoint("other")
+
+
+def test_mapping_options_from_config(tmp_path: Path) -> None:
+    text = (
+        MINIMAL + '[endpoints.mapping]\nintake_required = ["diagnosis", "payer"]\nkeep_subscriber_id = true\n'
+        '[endpoints.mapping.discipline_codes]\n"http://clinic.example.org/codes|PT-EVAL" = "PT"\n'
+    )
+    options = load_settings(write(tmp_path, text)).endpoints[0].mapping.options()
+    assert options.intake_required == ("diagnosis", "payer")
+    assert options.keep_subscriber_id is True
+    assert options.discipline_codes == {"http://clinic.example.org/codes|PT-EVAL": "PT"}
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ('[endpoints.mapping.discipline_codes]\n"PT-EVAL" = "PT"\n', "write codes as 'system|code'"),
+        ('[endpoints.mapping.discipline_codes]\n"s|c" = "massage"\n', "discipline must be one of PT, OT"),
+        ('[endpoints.mapping]\nintake_required = ["shoe size"]\n', "unknown intake item shoe size"),
+    ],
+)
+def test_bad_mapping_options_are_named(tmp_path: Path, snippet: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=r"endpoints\['clinic-emr'\]\.mapping\.") as info:
+        load_settings(write(tmp_path, MINIMAL + snippet))
+    assert expected in str(info.value)

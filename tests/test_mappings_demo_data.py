@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from connector.errors import MappingError
-from mappings.referral import map_service_request
+from mappings.registry import map_resource
 from mappings.types import MapContext
 from mappings.validate import validate
 
@@ -61,7 +61,7 @@ def test_referrals_map_and_look_like_a_therapy_practice() -> None:
     rows, rejected = [], 0
     for resource in _read("ServiceRequest"):
         try:
-            rows.extend(map_service_request(resource, ctx)["referral"])
+            rows.extend(map_resource(resource, ctx)["referral"])
         except MappingError:
             rejected += 1
     assert rejected == 5

@@ -93,7 +93,7 @@ def test_ensure_schema(warehouse_url: str) -> None:
         else:
             # Shared server: only checked; migrating is an explicit command.
             with pytest.raises(
-                WarehouseError, match=r"schema is at none.*expected 0001: run `connector migrate`"
+                WarehouseError, match=rf"schema is at none.*expected {HEAD_REVISION}: run `connector migrate`"
             ):
                 ensure_schema(engine)
             assert schema_revision(engine) is None

@@ -1,0 +1,30 @@
+"""Typed SQLAlchemy 2 models of the warehouse, one module per subject; importing this package registers
+every table on `Base.metadata`.
+
+Every resource row carries its natural key `(endpoint, resource_type, resource_id)`, the server's
+`last_updated` and the `content_hash` of the resource, which is what the upsert compares to keep the newer
+version (see `writer.upsert_rows`). Timestamps are stored and returned in UTC.
+
+The schema is created by Alembic (`migrations/versions/`), never by `create_all`; a test checks that the
+migrations and these models agree.
+"""
+
+from connector.warehouse.models import claims, payer, referrals
+from connector.warehouse.models.base import NAMING_CONVENTION, Base, JSONType, UTCDateTime
+from connector.warehouse.models.core import DeadLetter, RawResource, SyncRun, SyncState
+from connector.warehouse.models.referrals import Referral
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "Base",
+    "DeadLetter",
+    "JSONType",
+    "RawResource",
+    "Referral",
+    "SyncRun",
+    "SyncState",
+    "UTCDateTime",
+    "claims",
+    "payer",
+    "referrals",
+]
