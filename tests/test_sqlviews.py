@@ -65,11 +65,9 @@ def test_days_between_and_shift(loaded: Engine) -> None:
     sql = f"SELECT {sqlviews.days_between(later, 'ts', d)} FROM sqlviews_sample WHERE g = 'a' AND x = 1.0"
     with loaded.connect() as conn:
         assert conn.execute(sa.text(sql)).scalar_one() == pytest.approx(3.0)
-        recent = conn.execute(
-            sa.text(
-                f"SELECT count(*) FROM sqlviews_sample WHERE ts > {sqlviews.shift_days(sqlviews.now(d), -3650, d)}"
-            )
-        ).scalar_one()
+        ten_years_ago = sqlviews.shift_days(sqlviews.now(d), -3650, d)
+        query = f"SELECT count(*) FROM sqlviews_sample WHERE ts > {ten_years_ago}"
+        recent = conn.execute(sa.text(query)).scalar_one()
     assert recent == len(ROWS)
 
 
