@@ -24,7 +24,7 @@ from mappings.elements import (
     reference_type,
     resource_meta,
 )
-from mappings.types import MapContext, MappedRecords
+from mappings.types import MapContext, MappedRecords, Mapper
 from mappings.validate import resource_label
 
 # Requesters whose display would be a person's name we must not store.
@@ -128,3 +128,8 @@ def _referral_row(
         "coverage_ref": coverage_refs[0] if coverage_refs else None,
         "coverage_refs": coverage_refs,
     }
+
+
+#: Resource type -> mappers of the referral subject (gathered by `mappings.registry`).
+MAPPERS: dict[str, tuple[Mapper, ...]] = {"ServiceRequest": (map_service_request,)}
+TARGET_TABLES: dict[str, tuple[str, ...]] = {"ServiceRequest": ("referral",)}

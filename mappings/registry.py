@@ -1,25 +1,41 @@
-"""The explicit list of mapped resource types: adding a type is adding one entry here.
+"""The explicit list of mapped resource types, gathered from each subject's module.
 
-A resource type may feed several mappers (a Claim is a prior-authorization request or a claim, depending
-on `use`); each returns the rows it is responsible for, or nothing. Validation runs once, before them.
+Each subject module (`referral`, `payer`, `denials`) exports `MAPPERS` (resource type -> mappers) and
+`TARGET_TABLES` (resource type -> tables written). A resource type may feed several mappers (a Claim is
+a prior-authorization request or a claim, depending on `use`); each returns the rows it is responsible
+for, or nothing. Validation runs once, before them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from mappings.referral import map_service_request
+from mappings import denials, payer, referral
 from mappings.types import MapContext, MappedRecords, Mapper
 from mappings.validate import validate
 
-MAPPERS: dict[str, tuple[Mapper, ...]] = {
-    "ServiceRequest": (map_service_request,),
-}
 
-# Tables each resource type's mappers write.
-TARGET_TABLES: dict[str, tuple[str, ...]] = {
-    "ServiceRequest": ("referral",),
-}
+def _merge_mappers(*parts: Mapping[str, tuple[Mapper, ...]]) -> dict[str, tuple[Mapper, ...]]:
+    merged: dict[str, tuple[Mapper, ...]] = {}
+    for part in parts:
+        for rtype, mappers in part.items():
+            merged[rtype] = merged.get(rtype, ()) + tuple(mappers)
+    return merged
+
+
+def _merge_tables(*parts: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    merged: dict[str, tuple[str, ...]] = {}
+    for part in parts:
+        for rtype, tables in part.items():
+            merged[rtype] = tuple(dict.fromkeys(merged.get(rtype, ()) + tuple(tables)))
+    return merged
+
+
+MAPPERS: dict[str, tuple[Mapper, ...]] = _merge_mappers(referral.MAPPERS, payer.MAPPERS, denials.MAPPERS)
+TARGET_TABLES: dict[str, tuple[str, ...]] = _merge_tables(
+    referral.TARGET_TABLES, payer.TARGET_TABLES, denials.TARGET_TABLES
+)
 
 
 def map_resource(resource: dict[str, Any], ctx: MapContext) -> MappedRecords:

@@ -1,0 +1,10 @@
+"""Payer subject: Coverage -> eligibility, CoverageEligibilityResponse -> eligibility_check,
+pre-authorization Claim / ClaimResponse -> prior authorizations."""
+
+from __future__ import annotations
+
+from mappings.types import Mapper
+
+#: Resource type -> mappers of this subject (gathered by `mappings.registry`).
+MAPPERS: dict[str, tuple[Mapper, ...]] = {}
+TARGET_TABLES: dict[str, tuple[str, ...]] = {}
