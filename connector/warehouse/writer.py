@@ -238,7 +238,16 @@ def write_page(
         )
         touched: set[tuple[Any, ...]] = set(raw_written)
         for table, rows in mapped:
-            if all(name in table.c for name in RESOURCE_KEY):
+            if _is_line_table(table):
+                # Rows per line follow their resource's version: a newer version replaces all its lines
+                # (a line it no longer has must not linger); an unchanged or older one writes none.
+                # Resources with no lines stored yet (a table added after they were synced) get theirs too.
+                offered = {tuple(row[name] for name in RESOURCE_KEY) for row in rows}
+                fresh = set(raw_written) | (offered - _keys_with_lines(tx, table, offered))
+                _delete_lines(tx, table, set(raw_written))
+                rows = [row for row in rows if tuple(row[name] for name in RESOURCE_KEY) in fresh]
+                touched.update(_upsert(tx, table, rows, batch_size=batch_size, returning=RESOURCE_KEY))
+            elif all(name in table.c for name in RESOURCE_KEY):
                 touched.update(_upsert(tx, table, rows, batch_size=batch_size, returning=RESOURCE_KEY))
             else:
                 _upsert(tx, table, rows, batch_size=batch_size, returning=_pk_names(table))
@@ -261,6 +270,33 @@ def write_page(
         raise WarehouseError(
             f"writing a {page.resource_type} page of {page.endpoint} failed: {db_error_message(exc)}"
         ) from None
+
+
+def _is_line_table(table: sa.Table) -> bool:
+    """A table with several rows per resource: its key is the resource key plus a line key."""
+    pk = _pk_names(table)
+    return len(pk) > len(RESOURCE_KEY) and pk[: len(RESOURCE_KEY)] == RESOURCE_KEY
+
+
+def _resource_chunks(keys: set[tuple[Any, ...]], chunk: int = 500) -> Iterable[list[tuple[Any, ...]]]:
+    ordered = sorted(keys)
+    for start in range(0, len(ordered), chunk):
+        yield ordered[start : start + chunk]
+
+
+def _keys_with_lines(conn: Connection, table: sa.Table, keys: set[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
+    columns = [table.c[name] for name in RESOURCE_KEY]
+    found: set[tuple[Any, ...]] = set()
+    for part in _resource_chunks(keys):
+        stmt = sa.select(*columns).distinct().where(sa.tuple_(*columns).in_(part))
+        found.update(tuple(row) for row in conn.execute(stmt))
+    return found
+
+
+def _delete_lines(conn: Connection, table: sa.Table, keys: set[tuple[Any, ...]]) -> None:
+    columns = sa.tuple_(*(table.c[name] for name in RESOURCE_KEY))
+    for part in _resource_chunks(keys):
+        conn.execute(table.delete().where(columns.in_(part)))
 
 
 def _raw_row(page: PageWrite, row: dict[str, Any], now: datetime) -> dict[str, Any]:
