@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from connector import progress as progress_events
 from connector.config import EXAMPLE_CONFIG, Settings, config_path, load_settings, quiet_third_party_logs
@@ -36,7 +37,8 @@ app = typer.Typer(
 deadletters_app = typer.Typer(help="Resources that failed validation or mapping.", no_args_is_help=True)
 app.add_typer(deadletters_app, name="deadletters")
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped output (cron mail, CI logs) gets room for the tables instead of rich's 80 columns.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ConfigOption = Annotated[
@@ -195,11 +197,15 @@ def _run_sync(
     if not flow_state.is_completed():
         exc = flow_state.result(raise_on_failure=False)
         reason = str(exc) if isinstance(exc, BaseException) else (flow_state.message or "sync failed")
-    engine = make_engine(settings.warehouse.url)
     try:
-        rows = state.runs_for(engine, run_id)
-    finally:
-        engine.dispose()
+        engine = make_engine(settings.warehouse.url)
+        try:
+            rows = state.runs_for(engine, run_id)
+        finally:
+            engine.dispose()
+    except (ConnectorError, SQLAlchemyError):
+        # The run never reached the warehouse (unreachable, not migrated): the reason says why.
+        rows = []
     return rows, reason
 
 
@@ -279,12 +285,78 @@ def demo(
     engine = make_engine(settings.warehouse.url)
     try:
         metrics = summary.demo_metrics(engine)
+        report_file = _guard(lambda: _demo_report(engine))
     finally:
         engine.dispose()
     if json_out:
+        err.print(f"Report: {report_file}", markup=False)  # stdout stays pure JSON
         return
     out.print(summary.render(metrics))
     out.print(f"Warehouse: {Path(DEMO_WAREHOUSE).resolve()} ({sum(r['loaded'] for r in rows)} rows loaded)")
+    out.print(f"Report: {report_file}", markup=False)
+
+
+DEMO_REPORT = "demo-report.html"
+
+
+def _demo_report(engine: Any) -> Path:
+    """Write ./demo-report.html; its period ends with the demo data's newest week, not today, so the bundled
+    (fixed-date) data set keeps filling the charts as time goes by."""
+    from connector.report import latest_activity_day, write_report
+
+    return write_report(engine, Path(DEMO_REPORT), as_of=latest_activity_day(engine)).html
+
+
+@app.command()
+def push(
+    config: ConfigOption = None,
+    endpoint: Annotated[
+        list[str] | None, typer.Option("--endpoint", "-e", help="Only this endpoint.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be sent; send nothing.")
+    ] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Deliver pending acknowledgments (Tasks) and metrics (MeasureReports) to the EMR."""
+    from connector.pushback.run import push_round
+    from connector.warehouse.engine import ensure_schema, make_engine
+
+    quiet_third_party_logs(False)
+    settings = _guard(lambda: load_settings(config))
+    chosen = (
+        [settings.endpoint(n) for n in endpoint] if endpoint else [e for e in settings.endpoints if e.pushes]
+    )
+
+    def _go() -> list[Any]:
+        engine = make_engine(settings.warehouse.url)
+        try:
+            ensure_schema(engine)
+            return [asyncio.run(push_round(settings, e, engine, dry_run=dry_run)) for e in chosen]
+        finally:
+            engine.dispose()
+
+    summaries = _guard(_go)
+    if json_out:
+        _print_json([s.as_dict() for s in summaries])
+    else:
+        for s in summaries:
+            where = s.target or "no FHIR server (NDJSON folder): nothing is sent"
+            out.print(
+                f"{s.endpoint} -> {where}: sent {s.sent or 0}, waiting {s.waiting or 0}, "
+                f"failed {s.failed or 0}",
+                markup=False,
+            )
+            if dry_run or s.target is None:
+                for kind, key, _resource in s.previews[:20]:
+                    out.print(f"  would send {kind} {key}", markup=False)
+                if len(s.previews) > 20:
+                    out.print(f"  ... and {len(s.previews) - 20} more (--json shows all)", markup=False)
+            for error in s.errors[:10]:
+                err.print(f"  {error}", markup=False)
+    failed = sum(sum(s.failed.values()) for s in summaries)
+    if failed:
+        raise _fail(f"{failed} item(s) failed; `connector status` lists them")
 
 
 # ---------------------------------------------------------------- setup and checks
@@ -346,7 +418,7 @@ def status(
     limit: Annotated[int, typer.Option(help="How many recent stream runs to show.")] = 20,
 ) -> None:
     """Show the last runs, the watermarks and the dead-letter counts."""
-    from connector.warehouse import state
+    from connector.warehouse import outbox, state
     from connector.warehouse.engine import ensure_schema, make_engine
 
     settings = _guard(lambda: load_settings(config))
@@ -359,6 +431,7 @@ def status(
                 "runs": state.recent_runs(engine, limit),
                 "watermarks": state.watermarks(engine),
                 "dead_letters": state.dead_letter_counts(engine),
+                "outbox": outbox.counts(engine),
             }
         finally:
             engine.dispose()
@@ -393,7 +466,12 @@ def status(
         dead.add_column(col)
     for d in data["dead_letters"]:
         dead.add_row(d["endpoint"], d["resource_type"], str(d["open"]))
-    out.print(runs, marks, dead)
+    pushes = Table(title="Push-back outbox", title_justify="left")
+    for col in ("endpoint", "kind", "status", "items"):
+        pushes.add_column(col)
+    for o in data["outbox"]:
+        pushes.add_row(o["endpoint"], o["kind"], o["status"], str(o["items"]))
+    out.print(runs, marks, dead, pushes)
 
 
 def _when(value: datetime | None) -> str:
@@ -480,6 +558,118 @@ def deadletters_replay(
             f"{counts['still_failing']} still failing.",
             markup=False,
         )
+
+
+# ---------------------------------------------------------------- report
+
+
+@app.command()
+def report(
+    config: ConfigOption = None,
+    endpoint: Annotated[
+        list[str] | None, typer.Option("--endpoint", "-e", help="Only this endpoint (repeatable).")
+    ] = None,
+    period: Annotated[
+        str, typer.Option("--period", help="How far back: 12w (weeks), 90d, 6m or 1y, ending --as-of.")
+    ] = "12w",
+    as_of: Annotated[
+        datetime | None,
+        typer.Option("--as-of", formats=["%Y-%m-%d"], help="Last day of the period (default: today, UTC)."),
+    ] = None,
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")] = Path(
+        "report.html"
+    ),
+    pdf: Annotated[
+        bool, typer.Option("--pdf", help="Also print it to a PDF beside it (needs a headless Chromium).")
+    ] = False,
+) -> None:
+    """Write the practice report: one HTML page of charts and tables (opens offline) from the warehouse."""
+    from connector.report import write_report
+    from connector.warehouse.engine import ensure_schema, make_engine
+
+    settings = _guard(lambda: load_settings(config))
+    for name in endpoint or []:
+        _guard(lambda name=name: settings.endpoint(name))
+
+    def _go() -> Any:
+        engine = make_engine(settings.warehouse.url)
+        try:
+            ensure_schema(engine)
+            return write_report(
+                engine,
+                out_file,
+                period=period,
+                as_of=as_of.date() if as_of else None,
+                endpoints=endpoint or None,
+                pdf=pdf,
+            )
+        finally:
+            engine.dispose()
+
+    files = _guard(_go)
+    out.print(f"Report ({files.period.start} to {files.period.end}): {files.html}", markup=False)
+    if files.pdf is not None:
+        out.print(f"PDF: {files.pdf}", markup=False)
+
+
+# ---------------------------------------------------------------- schedules and deployments
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Most flow runs at once on this machine.")
+    ] = None,
+) -> None:
+    """Run every enabled endpoint on its `schedule` from this machine (one Prefect deployment each)."""
+    quiet_third_party_logs(True)
+    from prefect import serve as prefect_serve
+
+    from flows.deployments import endpoint_deployments
+
+    path = config_path(config)
+    settings = _guard(lambda: load_settings(path))
+    deployments = endpoint_deployments(settings, path)
+    if not deployments:
+        raise _fail("no enabled endpoint to serve")
+    # Blocks until interrupted; schedules are paused on shutdown so no run piles up meanwhile.
+    prefect_serve(*deployments, limit=limit, pause_on_shutdown=True)
+
+
+@app.command()
+def deploy(
+    config: ConfigOption = None,
+    work_pool: Annotated[
+        str, typer.Option("--work-pool", "-p", help="The Prefect work pool whose workers run the syncs.")
+    ] = "connector",
+) -> None:
+    """Register one deployment per enabled endpoint with a Prefect work pool (see prefect.yaml)."""
+    quiet_third_party_logs(False)
+    from prefect import deploy as prefect_deploy
+
+    from flows.deployments import endpoint_deployments
+
+    path = config_path(config)
+    settings = _guard(lambda: load_settings(path))
+    deployments = endpoint_deployments(settings, path, module_entrypoint=True)
+    if not deployments:
+        raise _fail("no enabled endpoint to deploy")
+    try:
+        # The workers have the connector installed (docker/Dockerfile): no image to build, no code to push.
+        prefect_deploy(
+            *deployments,
+            work_pool_name=work_pool,
+            build=False,
+            push=False,
+            print_next_steps_message=False,
+            ignore_warnings=True,
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise _fail(f"deploy to work pool {work_pool!r} failed: {exc}") from None
+    for endpoint, d in zip([e for e in settings.endpoints if e.enabled], deployments, strict=True):
+        schedule = endpoint.schedule or "on demand"
+        out.print(f"Deployed sync-endpoint/{d.name} to {work_pool} ({schedule})", markup=False)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -203,6 +204,11 @@ class MappingSettings(_Strict):
         )
 
 
+DEFAULT_IDENTIFIER_SYSTEM = "urn:therapy-fhir-connector:acknowledgment"
+DEFAULT_MEASURE_BASE = "https://therapy-fhir-connector.org/fhir/Measure"
+_REFERENCE_RE = re.compile(r"^(Organization)/[A-Za-z0-9\-.]{1,64}$")
+
+
 class EndpointSettings(_Strict):
     """One FHIR server (or one folder of Bulk NDJSON files) to sync from."""
 
@@ -225,6 +231,77 @@ class EndpointSettings(_Strict):
     retry: RetrySettings = Field(default_factory=RetrySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     mapping: MappingSettings = Field(default_factory=MappingSettings)
+    #: Write a Task acknowledging each new active referral back to the EMR.
+    push_acknowledgments: bool = False
+    #: Write the practice's metrics as a MeasureReport per period.
+    push_metrics: bool = False
+    #: The practice, as the Organization that owns the Tasks and reports the metrics.
+    owner: str | None = None
+    #: System of the stable Task / MeasureReport identifiers.
+    identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM
+    #: Write to another configured endpoint's server (references then become absolute).
+    push_endpoint: str | None = None
+    #: Referrals for other disciplines are acknowledged as `rejected` (statusReason says why).
+    offered_disciplines: list[str] = Field(default_factory=lambda: list(DISCIPLINES))
+    #: Acknowledge complete intakes as `accepted` instead of `received`.
+    accept_complete_intake: bool = False
+    #: Only referrals authored on or after this date are acknowledged (so a first sync of years of
+    #: history does not send thousands of Tasks).
+    acknowledge_since: str | None = None
+    #: Canonical base of the Measure resources the MeasureReports point to.
+    measure_base: str = DEFAULT_MEASURE_BASE
+    #: week | month
+    metrics_period: Literal["week", "month"] = "week"
+    #: A push item is marked failed after this many attempts.
+    push_max_attempts: int = Field(default=5, ge=1, le=100)
+    #: Bulk Data $export for backfills: `auto` when the server offers it and a stream has no watermark.
+    bulk: Literal["auto", "always", "never"] = "auto"
+    #: system (`/$export`), group (`/Group/{bulk_group_id}/$export`) or patient (`/Patient/$export`).
+    bulk_level: Literal["system", "group", "patient"] = "system"
+    bulk_group_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9\-.]{1,64}$")
+    #: A status poll waits at most this long, whatever the server's Retry-After says.
+    bulk_poll_cap_seconds: float = Field(default=300.0, gt=0, le=86400)
+    #: An export not complete this many hours after its kick-off is cancelled (DELETE).
+    bulk_deadline_hours: float = Field(default=24.0, gt=0, le=24 * 30)
+    #: Export files downloaded (and loaded) at once.
+    bulk_max_parallel_downloads: int = Field(default=2, ge=1, le=32)
+    #: Other hosts that may serve export files (e.g. a storage bucket); they are never sent credentials.
+    bulk_allowed_hosts: list[str] = Field(default_factory=list)
+
+    @field_validator("owner")
+    @classmethod
+    def _owner(cls, value: str | None) -> str | None:
+        if value is not None and not _REFERENCE_RE.match(value):
+            raise ValueError("expected an Organization reference such as 'Organization/practice-1'")
+        return value
+
+    @field_validator("offered_disciplines")
+    @classmethod
+    def _disciplines(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in DISCIPLINES]
+        if unknown:
+            raise ValueError(f"unknown discipline {', '.join(unknown)}; known: {', '.join(DISCIPLINES)}")
+        return value
+
+    @field_validator("acknowledge_since")
+    @classmethod
+    def _since(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                date.fromisoformat(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a date such as 2026-11-01") from None
+        return value
+
+    @field_validator("measure_base")
+    @classmethod
+    def _measure_base(cls, value: str) -> str:
+        _check_http_url(value)
+        return value.rstrip("/")
+
+    @property
+    def pushes(self) -> bool:
+        return self.push_acknowledgments or self.push_metrics
 
     @field_validator("name")
     @classmethod
@@ -307,11 +384,48 @@ class WarehouseSettings(_Strict):
         return value
 
 
+class RuntimeSettings(_Strict):
+    """How flows execute (`[runtime]`): task runner, parallelism per endpoint, backfill windows."""
+
+    #: threads (default: I/O-bound streams share one process), processes (CPU-bound validation and
+    #: mapping across cores) or dask (prefect-dask; a cluster at `dask_address`, else a local one).
+    task_runner: Literal["threads", "processes", "dask"] = "threads"
+    #: tcp://scheduler:8786 of an existing Dask cluster; only with task_runner = "dask".
+    dask_address: str | None = None
+    #: Stream (or backfill window) tasks of one endpoint running at once: EMRs rate-limit per client.
+    max_parallel_streams: int = Field(default=4, ge=1, le=64)
+    #: Per-endpoint override of `max_parallel_streams`, by endpoint name.
+    endpoint_parallel_streams: dict[str, Annotated[int, Field(ge=1, le=64)]] = Field(default_factory=dict)
+    #: A first sync (or --full-refresh) of a server stream is split into this many `_lastUpdated`
+    #: windows run in parallel; 1 turns windows off (e.g. for servers that page by offset).
+    backfill_windows: int = Field(default=4, ge=1, le=256)
+    #: Only split a stream the server reports at least this many resources for (`_summary=count`);
+    #: when the server cannot count, the stream is split anyway.
+    backfill_min_resources: int = Field(default=10_000, ge=0)
+
+    @field_validator("dask_address")
+    @classmethod
+    def _dask_address(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(tcp|tls|ws|wss|inproc|ucx)://[^\s/]+", value):
+            raise ValueError(f"{value!r} is not a Dask scheduler address such as tcp://scheduler:8786")
+        return value
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self) -> RuntimeSettings:
+        if self.dask_address is not None and self.task_runner != "dask":
+            raise ValueError('`dask_address` is only used with task_runner = "dask"')
+        return self
+
+    def parallel_streams(self, endpoint: str) -> int:
+        return self.endpoint_parallel_streams.get(endpoint, self.max_parallel_streams)
+
+
 class Settings(_Strict):
     """Everything one run of the connector needs, built once and passed down."""
 
     warehouse: WarehouseSettings = Field(default_factory=WarehouseSettings)
     endpoints: Annotated[list[EndpointSettings], Field(min_length=1)]
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     source_file: Path | None = Field(default=None, exclude=True)
 
     @field_validator("endpoints")
@@ -322,7 +436,19 @@ class Settings(_Strict):
             if endpoint.name in seen:
                 raise ValueError(f"endpoint name {endpoint.name!r} is used twice")
             seen.add(endpoint.name)
+        for endpoint in value:
+            target = endpoint.push_endpoint
+            if target is not None and (target not in seen or not _server(value, target)):
+                raise ValueError(
+                    f"{endpoint.name}: push_endpoint {target!r} is not a configured FHIR server endpoint"
+                )
         return value
+
+    def push_target(self, endpoint: EndpointSettings) -> EndpointSettings | None:
+        """The server an endpoint's acknowledgments and metrics go to; None for a folder without one."""
+        if endpoint.push_endpoint is not None:
+            return self.endpoint(endpoint.push_endpoint)
+        return endpoint if endpoint.is_server else None
 
     def endpoint(self, name: str) -> EndpointSettings:
         for endpoint in self.endpoints:
@@ -330,6 +456,10 @@ class Settings(_Strict):
                 return endpoint
         known = ", ".join(e.name for e in self.endpoints)
         raise ConfigError(f"no endpoint named {name!r} in {self.source_file}; configured: {known}")
+
+
+def _server(endpoints: list[EndpointSettings], name: str) -> bool:
+    return any(e.name == name and e.is_server for e in endpoints)
 
 
 def _check_http_url(value: str) -> None:
@@ -436,6 +566,15 @@ overlap_seconds = 60                       # re-read this much before the waterm
 incremental = "auto"                       # auto | last-updated | date-param | full
 # verify_tls = false                       # only for a test server with a self-signed certificate
 
+# Write back to the EMR (off by default): a Task per new referral, a MeasureReport per week.
+push_acknowledgments = false
+push_metrics = false
+owner = "Organization/practice-1"          # the practice; needed when pushing
+# offered_disciplines = ["PT", "OT"]       # other referrals are acknowledged as rejected
+# accept_complete_intake = true            # complete intakes acknowledged as accepted, not received
+# acknowledge_since = "2026-11-01"         # do not acknowledge older referrals
+# metrics_period = "week"                  # week | month
+
 # How resources are mapped (all optional):
 [endpoints.mapping]
 intake_required = ["diagnosis", "referral_reason", "payer", "requested_start", "referrer", "patient"]
@@ -465,6 +604,15 @@ algorithm = "RS384"                        # RS384 | ES384
 # key_id = "connector-key-1"
 # For basic:  username = "connector"  and  password = "env:EMR_PASSWORD"
 # For bearer: token = "file:/run/secrets/emr-token"
+
+# How flows run (all optional; see docs/orchestration.md):
+# [runtime]
+# task_runner = "threads"                  # threads | processes | dask
+# dask_address = "tcp://scheduler:8786"    # an existing Dask cluster (task_runner = "dask"); else a local one
+# max_parallel_streams = 4                 # stream / backfill-window tasks per endpoint at once (EMR limits)
+# endpoint_parallel_streams = { "clinic-emr" = 2 }
+# backfill_windows = 4                     # a first sync is split into this many _lastUpdated windows
+# backfill_min_resources = 10000           # ... when the server counts at least this many resources
 
 # A folder of Bulk Data NDJSON files (*.ndjson, *.ndjson.gz) instead of a server:
 # [[endpoints]]

@@ -57,4 +57,12 @@ class MappingError(ConnectorError):
 
 
 class WarehouseError(ConnectorError):
-    """The warehouse cannot be used (unreachable, schema out of date, constraint failure)."""
+    """The warehouse cannot be used (unreachable, schema out of date, constraint failure).
+
+    `transient` marks failures a retry may cure (connection lost, database locked); a missing table or a
+    constraint violation fails the same way every time.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient

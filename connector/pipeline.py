@@ -2,8 +2,9 @@
 
 The watermark is the server's time (the largest `meta.lastUpdated` of the stream, or the Bundle's
 `meta.lastUpdated` when resources carry none), never this machine's clock. It is written in the same
-transaction as the rows it covers: per page when the server returns the stream sorted by
-`_lastUpdated`, otherwise together with the last page, so a run that fails half-way leaves it where it was.
+transaction as the stream's last page, so a run that fails half-way leaves it where it was (a long
+backfill is split into windows by the flows instead of checkpointing mid-stream, which offset-paging
+servers make unsafe: see `WatermarkTracker`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from connector.errors import ConnectorError, MappingError, TransientFhirError, W
 from connector.fhir.ndjson import NdjsonPage
 from connector.fhir.page import Page
 from connector.progress import sink
+from connector.pushback.intents import intents
 from connector.streams import Plan
 from connector.warehouse import state
 from connector.warehouse.writer import PageWrite, Reject, content_hash, write_page
@@ -61,11 +63,60 @@ class MappedPage:
     rejects: list[Reject] = field(default_factory=list)
     #: (raw text, parsed) of the newest cursor value among the page's resources.
     newest: tuple[str, datetime] | None = None
-    oldest: datetime | None = None
     fetched: int = 0
     included: MappedPage | None = None
-    #: False when the cursor values within the page go backwards (the server ignored `_sort`).
-    ordered: bool = True
+    #: Every cursor value of the page (for the watermark's offset-paging guard).
+    values: list[datetime] = field(default_factory=list)
+
+
+class WatermarkTracker:
+    """Where the next incremental run may start, from what this run saw (server times only).
+
+    Normally the newest cursor value loaded. But a server that pages by offset shifts its pages when a
+    resource is updated during the walk (it moves to the end), so the resource at the next page boundary
+    is never returned. Such an update shows as a resource newer than the first page's Bundle time (the
+    server's clock when the search began); then the watermark stops at the last page fetched before
+    that update, and the next run reads the rest again (upserts make the repeats harmless).
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        #: Per page: (the server's time of the page, the newest cursor value on it).
+        self.pages: list[tuple[datetime | None, tuple[str, datetime] | None]] = []
+        self.search_began: tuple[str, datetime] | None = None
+        self.earliest_update_during_walk: datetime | None = None
+
+    def observe(self, bundle_last_updated: str | None, mapped: MappedPage) -> None:
+        bundle = (
+            _cursor({"meta": {"lastUpdated": bundle_last_updated}}, None) if bundle_last_updated else None
+        )
+        if not self.pages:
+            self.search_began = bundle
+        self.pages.append((bundle[1] if bundle else None, mapped.newest))
+        if self.search_began is not None and self.mode == "last-updated":
+            began = self.search_began[1]
+            for value in mapped.values:
+                if value > began and (
+                    self.earliest_update_during_walk is None or value < self.earliest_update_during_walk
+                ):
+                    self.earliest_update_during_walk = value
+
+    def safe(self) -> tuple[str, datetime] | None:
+        if self.mode == "full":
+            return None
+        clean = self.pages
+        if self.earliest_update_during_walk is not None:
+            changed = self.earliest_update_during_walk
+            first_after = next(
+                (i for i, (at, _) in enumerate(self.pages) if at is not None and at >= changed), None
+            )
+            if first_after is not None:
+                clean = self.pages[:first_after]
+        newest = max((n for _, n in clean if n is not None), key=lambda n: n[1], default=None)
+        if newest is None and self.mode == "last-updated" and clean is self.pages:
+            # Resources without meta.lastUpdated: the Bundle's own time is the server's view of "now".
+            return self.search_began
+        return newest
 
 
 def _element(resource: dict[str, Any], path: str) -> Any:
@@ -111,7 +162,6 @@ def map_resources(
     """
     ctx = MapContext(endpoint=endpoint, synced_at=synced_at, options=options or MappingOptions())
     out = MappedPage()
-    previous: datetime | None = None
     for resource in resources:
         try:
             if not isinstance(resource, dict) or resource.get("resourceType") != resource_type:
@@ -149,13 +199,9 @@ def map_resources(
         # Rejected resources are committed too (to dead_letter), so they count for the watermark.
         cursor = _cursor(resource, date_element) if isinstance(resource, dict) else None
         if cursor is not None:
-            if previous is not None and cursor[1] < previous:
-                out.ordered = False
-            previous = cursor[1]
+            out.values.append(cursor[1])
             if out.newest is None or cursor[1] > out.newest[1]:
                 out.newest = cursor
-            if out.oldest is None or cursor[1] < out.oldest:
-                out.oldest = cursor[1]
     return out
 
 
@@ -191,8 +237,14 @@ async def run_stream(
     run_id: str,
     synced_at: datetime,
     batch_size: int,
+    commit_watermark: bool = True,
 ) -> StreamResult:
-    """Load every page of one stream; records the run in `sync_run`; never raises for bad resources."""
+    """Load every page of one stream; records the run in `sync_run`; never raises for bad resources.
+
+    With `commit_watermark=False` the watermark is left alone and only reported in `result.watermark`:
+    a backfill window's end is not where the next run may start until every earlier window finished,
+    so the flow advances it once it knows (see `flows/windows.py`).
+    """
     rt = plan.resource_type
     result = StreamResult(endpoint.name, rt, plan.mode)
     started = time.monotonic()
@@ -200,52 +252,38 @@ async def run_stream(
     options = endpoint.mapping.options()
     progress = sink()
     progress.stream_started(endpoint.name, rt)
-    # Per-page watermarks are only safe while the server really returns the stream in _lastUpdated order.
-    checkpoint_per_page = plan.mode == "last-updated" and endpoint.overlap_seconds >= 1
-    newest: tuple[str, datetime] | None = None
-    bundle_time: tuple[str, datetime] | None = None
+    tracker = WatermarkTracker(plan.mode)
     try:
         page_iter = aiter(pages)
         page = await anext(page_iter, None)
         while page is not None:
             # Fetch the next page while this one is mapped and written: knowing whether this page is the
-            # last decides whether its transaction carries the held-back watermark.
+            # last decides whether its transaction carries the watermark.
             following = asyncio.ensure_future(anext(page_iter, None))
             try:
                 mapped = _map_page(endpoint.name, rt, page, synced_at, plan.date_element, options)
-                backwards = not mapped.ordered or (
-                    newest is not None and mapped.oldest is not None and mapped.oldest < newest[1]
-                )
-                if checkpoint_per_page and backwards:
-                    log.warning(
-                        "%s/%s: pages are not in _lastUpdated order; holding the watermark to the end",
-                        endpoint.name,
-                        rt,
-                    )
-                    checkpoint_per_page = False
-                if mapped.newest is not None and (newest is None or mapped.newest[1] > newest[1]):
-                    newest = mapped.newest
-                if bundle_time is None and page.bundle_last_updated:
-                    bundle_time = _cursor({"meta": {"lastUpdated": page.bundle_last_updated}}, None)
+                tracker.observe(page.bundle_last_updated, mapped)
                 try:
                     next_page = await following
                 except BaseException:
-                    # Keep what this page holds; the watermark moves only as far as committed pages reach.
-                    held = newest if checkpoint_per_page else None
-                    await _write(engine, endpoint.name, rt, plan, mapped, held, batch_size, result, page)
+                    # Keep what this page holds; the watermark stays where it was.
+                    await _write(engine, endpoint, rt, plan, mapped, None, batch_size, result, page)
                     raise
             except BaseException:
                 following.cancel()
                 raise
-            watermark = None
-            if plan.mode != "full" and (checkpoint_per_page or next_page is None):
-                watermark = newest or (bundle_time if plan.mode == "last-updated" else None)
-            await _write(engine, endpoint.name, rt, plan, mapped, watermark, batch_size, result, page)
+            watermark = tracker.safe() if next_page is None else None
+            committed = watermark if commit_watermark else None
+            await _write(engine, endpoint, rt, plan, mapped, committed, batch_size, result, page)
+            if watermark is not None:
+                result.watermark = watermark[0]
             page = next_page
     except (ConnectorError, OSError) as exc:
         result.status = "failed"
         result.error = _one_line(exc)
-        result.transient = isinstance(exc, TransientFhirError | WarehouseError)
+        result.transient = isinstance(exc, TransientFhirError) or (
+            isinstance(exc, WarehouseError) and exc.transient
+        )
         log.error("%s/%s failed after %d page(s): %s", endpoint.name, rt, result.pages, result.error)
     except BaseException as exc:
         result.status = "failed"
@@ -323,7 +361,7 @@ def _map_page(
 
 async def _write(
     engine: Engine,
-    endpoint: str,
+    endpoint: EndpointSettings,
     rt: str,
     plan: Plan,
     mapped: MappedPage,
@@ -337,7 +375,7 @@ async def _write(
     for table, rows in extra.mapped.items():
         tables.setdefault(table, []).extend(rows)
     write = PageWrite(
-        endpoint=endpoint,
+        endpoint=endpoint.name,
         resource_type=rt,
         raw=mapped.raw + extra.raw,
         mapped=tables,
@@ -345,6 +383,7 @@ async def _write(
         watermark=watermark[0] if watermark else None,
         watermark_at=watermark[1] if watermark else None,
         mode=plan.mode,
+        outbox=intents(endpoint, tables),
     )
     written = await asyncio.to_thread(write_page, engine, write, batch_size=batch_size)
     loaded = written.loaded_by_type.get(rt, 0)
@@ -355,7 +394,7 @@ async def _write(
     result.rejected += len(mapped.rejects)
     if watermark:
         result.watermark = watermark[0]
-    sink().page_done(endpoint, rt, fetched=mapped.fetched, loaded=loaded, rejected=len(mapped.rejects))
+    sink().page_done(endpoint.name, rt, fetched=mapped.fetched, loaded=loaded, rejected=len(mapped.rejects))
 
 
 def _one_line(exc: BaseException) -> str:

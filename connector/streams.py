@@ -12,7 +12,7 @@ from connector.config import SUPPORTED_RESOURCES, EndpointSettings
 from connector.errors import ConfigError
 from connector.fhir import capabilities
 
-Mode = Literal["last-updated", "date-param", "full", "ndjson"]
+Mode = Literal["last-updated", "date-param", "full", "ndjson", "bulk"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,13 +2,20 @@
 
 Flow parameters are the config file path and names only: settings (with secrets) are loaded inside the
 run, so nothing sensitive reaches the Prefect API. Logs carry counts and names, never resources.
+
+Stream tasks take one picklable `StreamJob` (config path, endpoint name, plan, backfill window, run id)
+and build what they need from it, so the same code runs on threads, in worker processes and on a Dask
+cluster (`[runtime] task_runner`). In the flow's own process a task borrows the run's settings and
+engine instead of building its own; each task opens its own FHIR client, because an httpx.AsyncClient
+belongs to the event loop it was opened on and every runner gives a task a loop of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,24 +24,34 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import Engine
 
-from connector.config import EndpointSettings, Settings, load_settings
+from connector.bulk_sync import run_bulk_backfill, should_use_bulk
+from connector.config import DIRECTORY_RESOURCES, EndpointSettings, Settings, load_settings
 from connector.errors import ConnectorError, TransientFhirError, WarehouseError
 from connector.fhir.client import FhirClient
 from connector.fhir.ndjson import NdjsonSource
 from connector.fhir.page import Page
-from connector.pipeline import StreamResult, run_stream, search_params
+from connector.pipeline import StreamResult, run_stream
+from connector.pushback.run import push_round, queue_metrics
 from connector.streams import Plan, plan_stream, stream_for
-from connector.warehouse import state
+from connector.warehouse import bulk_state, state
 from connector.warehouse.engine import ensure_schema, make_engine
+from connector.warehouse.writer import PageWrite, write_page
+from flows import artifacts
+from flows.runners import build_task_runner, run_bounded
+from flows.windows import Window, ordered_watermark, plan_windows, window_params
 
 
 class StreamFailed(ConnectorError):
     """A stream ended failed; `transient` says whether a Prefect task retry may help."""
 
-    def __init__(self, result: StreamResult, *, transient: bool) -> None:
+    def __init__(self, result: StreamResult, transient: bool = False) -> None:
         super().__init__(f"{result.endpoint}/{result.resource_type}: {result.error}")
         self.result = result
         self.transient = transient
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Raised in worker processes and Dask workers: pickle rebuilds it from these, not from `args`.
+        return (type(self), (self.result, self.transient))
 
 
 class EndpointFailed(ConnectorError):
@@ -43,7 +60,7 @@ class EndpointFailed(ConnectorError):
 
 @dataclass(slots=True)
 class EndpointRun:
-    """What every stream task of one endpoint run shares: settings, one HTTP client, one DB engine."""
+    """What the flow's own tasks (push-back) share: settings, the flow's HTTP client, one DB engine."""
 
     settings: Settings
     endpoint: EndpointSettings
@@ -54,11 +71,38 @@ class EndpointRun:
     synced_at: datetime
     full_refresh: bool
 
-    def pages(self, plan: Plan, params: list[tuple[str, str]]) -> AsyncIterator[Page]:
-        if self.ndjson is not None:
-            return self.ndjson.pages(plan.resource_type)
-        assert self.client is not None
-        return self.client.search(plan.resource_type, params)
+
+@dataclass(frozen=True, slots=True)
+class StreamJob:
+    """One stream task's input: picklable and free of secrets and resource content."""
+
+    config_path: str
+    endpoint_name: str
+    plan: Plan
+    run_id: str
+    synced_at: datetime
+    window: Window | None = None
+    #: Key of the flow's settings and engine in `_SHARED` (used when the task runs in the flow's process).
+    shared_key: str | None = None
+
+    @property
+    def label(self) -> str:
+        rt = self.plan.resource_type
+        return f"{rt} window {self.window.label}" if self.window else rt
+
+
+#: Settings and engine of the endpoint runs of this process, by `StreamJob.shared_key`.
+_SHARED: dict[str, tuple[Settings, Engine]] = {}
+
+
+def _share(key: str, resources: tuple[Settings, Engine] | None) -> None:
+    # Flows touch `_SHARED` only through here: a process-pool or Dask submission pickles the flow run
+    # context, flow function included, by value, and with it the globals the function names; an engine
+    # does not pickle. Module-level helpers are pickled by reference.
+    if resources is None:
+        _SHARED.pop(key, None)
+    else:
+        _SHARED[key] = resources
 
 
 def _retry_transient_only(task: Any, task_run: Any, state: Any) -> bool:
@@ -66,36 +110,98 @@ def _retry_transient_only(task: Any, task_run: Any, state: Any) -> bool:
     exc = state.data
     if isinstance(exc, StreamFailed):
         return exc.transient
-    return isinstance(exc, TransientFhirError | WarehouseError)
+    return isinstance(exc, TransientFhirError) or (isinstance(exc, WarehouseError) and exc.transient)
+
+
+@asynccontextmanager
+async def _stream_resources(job: StreamJob) -> AsyncIterator[tuple[Settings, EndpointSettings, Engine]]:
+    shared = _SHARED.get(job.shared_key or "")
+    if shared is not None:
+        settings, engine = shared
+        yield settings, settings.endpoint(job.endpoint_name), engine
+        return
+    # Another process (process pool, Dask worker): read the config there, so no secret is pickled.
+    settings = load_settings(job.config_path)
+    engine = make_engine(settings.warehouse.url)
+    try:
+        yield settings, settings.endpoint(job.endpoint_name), engine
+    finally:
+        engine.dispose()
 
 
 @task(
     name="sync-stream",
-    task_run_name="{resource_type}",
+    task_run_name="{job.label}",
     retries=2,
     retry_delay_seconds=[10, 60],
     retry_condition_fn=_retry_transient_only,
     cache_policy=NO_CACHE,
 )
-async def sync_stream(run: EndpointRun, plan: Plan, resource_type: str) -> dict[str, Any]:
-    """Fetch → map → load one resource stream of one endpoint."""
-    endpoint = run.endpoint
-    if run.full_refresh:
-        state.reset_watermark(run.engine, endpoint.name, resource_type)
-    _, watermark_at = state.get_watermark(run.engine, endpoint.name, resource_type)
-    params = search_params(plan, endpoint, watermark_at)
-    result = await run_stream(
-        engine=run.engine,
-        endpoint=endpoint,
-        plan=plan,
-        pages=run.pages(plan, params),
-        run_id=run.run_id,
-        synced_at=run.synced_at,
-        batch_size=run.settings.warehouse.batch_size,
-    )
+async def sync_stream(job: StreamJob) -> dict[str, Any]:
+    """Fetch → map → load one resource stream (or one backfill window of it) of one endpoint."""
+    plan = job.plan
+    async with _stream_resources(job) as (settings, endpoint, engine), AsyncExitStack() as stack:
+        pages: AsyncIterator[Page]
+        if endpoint.is_server:
+            client = await stack.enter_async_context(FhirClient(endpoint))
+            watermark_at = None
+            if job.window is None:
+                _, watermark_at = await asyncio.to_thread(
+                    state.get_watermark, engine, endpoint.name, plan.resource_type
+                )
+            params = window_params(plan, endpoint, job.window, watermark_at)
+            pages = client.search(plan.resource_type, params)
+        else:
+            assert endpoint.ndjson_dir is not None
+            pages = NdjsonSource(endpoint.ndjson_dir, endpoint.page_size).pages(plan.resource_type)
+        result = await run_stream(
+            engine=engine,
+            endpoint=endpoint,
+            plan=plan,
+            pages=pages,
+            run_id=job.run_id,
+            synced_at=job.synced_at,
+            batch_size=settings.warehouse.batch_size,
+            # A window's end is only safe once every earlier window finished: the flow decides.
+            commit_watermark=job.window is None,
+        )
     if result.status != "succeeded":
         raise StreamFailed(result, transient=result.transient)
     return result.as_dict()
+
+
+@task(
+    name="push-back",
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=_retry_transient_only,
+    cache_policy=NO_CACHE,
+)
+async def push_back(run: EndpointRun) -> dict[str, Any]:
+    """Queue this period's metrics and deliver the outbox (acknowledgments, measures, reports)."""
+    # The acknowledgment time is when the server took the Task, not when the sync began.
+    summary = await push_round(run.settings, run.endpoint, run.engine)
+    get_run_logger().info(
+        "push: sent %s, waiting %s, failed %s", summary.sent, summary.waiting, summary.failed
+    )
+    return {"sent": summary.sent, "waiting": summary.waiting, "failed": summary.failed}
+
+
+@task(name="bulk-export", cache_policy=NO_CACHE)
+async def bulk_backfill(
+    config_path: str, endpoint_name: str, resource_types: list[str], run_id: str, synced_at: datetime
+) -> list[dict[str, Any]]:
+    """Load the streams' first (or resumed) backfill through Bulk $export; one result per stream."""
+    settings = load_settings(config_path)
+    endpoint = settings.endpoint(endpoint_name)
+    engine = make_engine(settings.warehouse.url)
+    try:
+        results = await run_bulk_backfill(
+            settings, endpoint, engine, resource_types=resource_types, run_id=run_id, synced_at=synced_at
+        )
+    finally:
+        engine.dispose()
+    return [r.as_dict() for r in results]
 
 
 @flow(name="sync-endpoint", flow_run_name="sync-{endpoint_name}", validate_parameters=True)
@@ -106,17 +212,25 @@ async def sync_endpoint(
     full_refresh: bool = False,
     run_id: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Sync every enabled stream of one endpoint; the run fails if any stream failed (after its retries)."""
+    """Sync every enabled stream of one endpoint; the run fails if any stream failed (after its retries).
+
+    Streams (and the windows of a backfill) run in parallel, at most `max_parallel_streams` at once; the
+    push-back runs after all of them.
+    """
     logger = get_run_logger()
     settings = load_settings(config_path)
     endpoint = settings.endpoint(endpoint_name)
+    runtime = settings.runtime
     wanted = [r for r in endpoint.resources if not resources or r in resources]
     run_id = run_id or str(uuid.uuid4())
+    synced_at = datetime.now(UTC)
     engine = make_engine(settings.warehouse.url)
+    shared_key = f"{run_id}/{endpoint_name}/{uuid.uuid4()}"
     results: list[dict[str, Any]] = []
     failures: list[str] = []
     try:
         ensure_schema(engine)
+        _share(shared_key, (settings, engine))
         async with AsyncExitStack() as stack:
             client = ndjson = None
             capability = None
@@ -126,25 +240,133 @@ async def sync_endpoint(
             else:
                 assert endpoint.ndjson_dir is not None
                 ndjson = NdjsonSource(endpoint.ndjson_dir, endpoint.page_size)
-            run = EndpointRun(
-                settings, endpoint, engine, client, ndjson, run_id, datetime.now(UTC), full_refresh
+            jobs: list[StreamJob] = []
+            bulk_types: list[str] = []
+            pending_export = (
+                endpoint.is_server and bulk_state.pending_export(engine, endpoint.name) is not None
             )
             for resource_type in wanted:
                 plan = plan_stream(endpoint, stream_for(resource_type), capability)
-                logger.info("%s: %s mode (%s)", resource_type, plan.mode, plan.reason)
-                task_state = await sync_stream(run, plan, resource_type, return_state=True)
+                if full_refresh:
+                    state.reset_watermark(engine, endpoint.name, resource_type)
+                _, watermark_at = state.get_watermark(engine, endpoint.name, resource_type)
+                if endpoint.is_server and should_use_bulk(
+                    endpoint, capability or {}, watermark_at is not None, pending=pending_export
+                ):
+                    # A first load (or a resumed export) goes through Bulk $export instead of paging.
+                    bulk_types.append(resource_type)
+                    logger.info("%s: bulk $export backfill", resource_type)
+                    continue
+                windows = await plan_windows(client, plan, endpoint, runtime, watermark_at)
+                logger.info(
+                    "%s: %s mode (%s)%s",
+                    resource_type,
+                    plan.mode,
+                    plan.reason,
+                    f", backfill in {len(windows)} windows" if windows else "",
+                )
+                base = StreamJob(config_path, endpoint.name, plan, run_id, synced_at, shared_key=shared_key)
+                if windows:
+                    jobs.extend(_with_window(base, w) for w in windows)
+                else:
+                    jobs.append(base)
+            if bulk_types:
+                if "ServiceRequest" in bulk_types:
+                    # $export has no _include: export the referral sources alongside the referrals.
+                    bulk_types += [t for t in DIRECTORY_RESOURCES if t not in bulk_types]
+                bulk_state_ = await bulk_backfill(
+                    config_path, endpoint.name, bulk_types, run_id, synced_at, return_state=True
+                )
+                if bulk_state_.is_completed():
+                    for done in await bulk_state_.aresult():
+                        results.append(done)
+                        if done["status"] != "succeeded":
+                            failures.append(f"{done['resource_type']} (bulk): {done['error']}")
+                else:
+                    failures.append(f"bulk export: {await bulk_state_.aresult(raise_on_failure=False)}")
+            states = await _run_jobs(jobs, endpoint.name, settings)
+            outcomes: list[tuple[StreamJob, dict[str, Any] | None]] = []
+            for job, task_state in zip(jobs, states, strict=True):
                 if task_state.is_completed():
-                    results.append(await task_state.aresult())
+                    done: dict[str, Any] = await task_state.aresult()
+                    results.append(done)
+                    outcomes.append((job, done))
                 else:
                     exc = await task_state.aresult(raise_on_failure=False)
                     if isinstance(exc, StreamFailed):
                         results.append(exc.result.as_dict())
-                    failures.append(f"{resource_type}: {exc}")
+                    failures.append(f"{job.label}: {exc}")
+                    outcomes.append((job, None))
+            _advance_window_watermarks(engine, outcomes)
+            run = EndpointRun(settings, endpoint, engine, client, ndjson, run_id, synced_at, full_refresh)
+            if endpoint.pushes and settings.push_target(endpoint) is not None:
+                push_state = await push_back(run, return_state=True)
+                if not push_state.is_completed():
+                    failures.append(f"push: {await push_state.aresult(raise_on_failure=False)}")
+            elif endpoint.pushes:
+                # An NDJSON folder has no server to write to: queue what would be sent (`connector push
+                # --dry-run` shows it) and leave it pending.
+                queue_metrics(engine, endpoint, run.synced_at)
+        await artifacts.publish(endpoint.name, results, failures)
     finally:
+        _share(shared_key, None)
         engine.dispose()
     if failures:
         raise EndpointFailed(f"{endpoint_name}: {len(failures)} stream(s) failed: " + "; ".join(failures))
     return results
+
+
+def _with_window(base: StreamJob, window: Window) -> StreamJob:
+    return StreamJob(
+        base.config_path,
+        base.endpoint_name,
+        base.plan,
+        base.run_id,
+        base.synced_at,
+        window=window,
+        shared_key=base.shared_key,
+    )
+
+
+async def _run_jobs(jobs: list[StreamJob], endpoint_name: str, settings: Settings) -> list[Any]:
+    parallel = settings.runtime.parallel_streams(endpoint_name)
+    # The tag lets a Prefect tag concurrency limit cap one EMR across every worker and machine
+    # (`prefect concurrency-limit create endpoint:NAME N`); the semaphore caps it within this run.
+    stream_task = sync_stream.with_options(tags=[f"endpoint:{endpoint_name}"])
+    with build_task_runner(settings.runtime, min(parallel, max(len(jobs), 1))) as runner:
+        return await run_bounded(jobs, parallel, lambda job: runner.submit(stream_task, {"job": job}))
+
+
+def _advance_window_watermarks(
+    engine: Engine, outcomes: list[tuple[StreamJob, dict[str, Any] | None]]
+) -> None:
+    """After a windowed backfill, move each stream's watermark over the windows that finished, in order.
+
+    `outcomes` holds each job with its result (None when it failed). Unwindowed jobs wrote their own.
+    """
+    logger = get_run_logger()
+    by_stream: dict[str, list[tuple[Window, StreamJob, dict[str, Any] | None]]] = {}
+    for job, result in outcomes:
+        if job.window is not None:
+            by_stream.setdefault(job.plan.resource_type, []).append((job.window, job, result))
+    for resource_type, windows in by_stream.items():
+        windows.sort(key=lambda item: item[0].index)
+        ordered = [(result is not None, (result or {}).get("watermark")) for _w, _j, result in windows]
+        watermark = ordered_watermark(ordered)
+        finished = next((i for i, (done, _) in enumerate(ordered) if not done), len(ordered))
+        if watermark is not None:
+            job = windows[0][1]
+            # An empty page that only carries the watermark: write_page never moves it backwards.
+            write_page(
+                engine, PageWrite(job.endpoint_name, resource_type, watermark=watermark, mode=job.plan.mode)
+            )
+        logger.info(
+            "%s: %d of %d backfill windows finished in order; watermark %s",
+            resource_type,
+            finished,
+            len(ordered),
+            watermark or "unchanged",
+        )
 
 
 @flow(name="sync-all", validate_parameters=True)

@@ -1,19 +1,28 @@
-"""ServiceRequest -> `referral` row: one row per referral, keyed by (endpoint, resource_type, resource_id).
+"""The referral subject's mappers: referrals, their sources and the visits that follow them.
 
-Only coded, non-identifying facts are kept: no patient names or addresses, no notes, no free-text
-instructions. The requester's display is kept because it names the referring clinician or organization,
-unless the requester is the patient or a relative.
+- ServiceRequest -> one `referral` row (discipline, intake checklist, source), plus a `referral_source` row
+  when the requester is a contained Practitioner / PractitionerRole / Organization.
+- Practitioner / PractitionerRole / Organization (the `_include`d requesters, or streams of their own)
+  -> `referral_source` rows (`mappings.referral_source`).
+- Appointment / Encounter -> `visit` rows (`mappings.visit`).
+
+Every row is keyed by (endpoint, resource_type, resource_id) and carries the version, lastUpdated and the
+content hash of its resource. Only coded, non-identifying facts are kept: no patient names or addresses,
+no notes, no free-text instructions. The requester's display is kept because it names the referring
+clinician or organization, unless the requester is the patient or a relative.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import orjson
 
 from connector.errors import MappingError
+from mappings.discipline import code_tokens, discipline_of
 from mappings.elements import (
     CPT,
     SNOMED,
@@ -24,11 +33,16 @@ from mappings.elements import (
     reference_type,
     resource_meta,
 )
-from mappings.types import MapContext, MappedRecords, Mapper
+from mappings.intake import intake_missing
+from mappings.referral_source import (
+    SELF_REQUESTERS,
+    SOURCE_RESOURCES,
+    requester_source_type,
+    source_columns,
+)
+from mappings.types import MapContext, MappedRecords, Mapper, MappingOptions
 from mappings.validate import resource_label
-
-# Requesters whose display would be a person's name we must not store.
-_PERSONAL_REQUESTERS = frozenset({"Patient", "RelatedPerson"})
+from mappings.visit import appointment_columns, encounter_columns
 
 
 def content_hash(resource: dict[str, Any]) -> str:
@@ -75,61 +89,179 @@ def _category_code(categories: list[dict[str, Any]] | None) -> str | None:
     return None
 
 
-def map_service_request(resource: dict[str, Any], ctx: MapContext) -> MappedRecords:
-    """Map a validated ServiceRequest to one `referral` row."""
+def _refs(refs: list[dict[str, Any]] | None) -> list[str]:
+    return [ref for ref in (reference(item) for item in refs or ()) if ref is not None]
+
+
+def _key_columns(resource: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
+    """The natural key, version, lastUpdated and content hash every mapped row starts with."""
     rtype, rid, version_id, last_updated, _ = resource_meta(resource)
-    if rtype != "ServiceRequest":
-        raise MappingError(f"{resource_label(resource)}: expected a ServiceRequest")
-    try:
-        return {"referral": [_referral_row(resource, ctx, rid, version_id, last_updated)]}
-    except MappingError as exc:
-        # Element helpers name the element only; add which resource it was.
-        raise MappingError(f"{rtype}/{rid}: {exc}") from None
-
-
-def _referral_row(
-    resource: dict[str, Any],
-    ctx: MapContext,
-    rid: str,
-    version_id: str | None,
-    last_updated: datetime | None,
-) -> dict[str, Any]:
-    subject = resource.get("subject")
-    requester = resource.get("requester")
-    requester_type = reference_type(requester)
-    service_system, service_code, service_display = _service(resource.get("code"))
-    coverage_refs = [
-        ref for ref in (reference(item) for item in resource.get("insurance") or ()) if ref is not None
-    ]
     return {
         "endpoint": ctx.endpoint,
-        "resource_type": "ServiceRequest",
+        "resource_type": rtype,
         "resource_id": rid,
         "version_id": version_id,
         "last_updated": last_updated,
         "content_hash": content_hash(resource),
+    }
+
+
+def _mapped(
+    table: str,
+    expected: tuple[str, ...],
+    resource: dict[str, Any],
+    ctx: MapContext,
+    columns: Callable[[dict[str, Any], MappingOptions], dict[str, Any]],
+) -> MappedRecords:
+    """One row of `table`: the key columns plus `columns(resource)`; errors name the resource."""
+    if resource.get("resourceType") not in expected:
+        raise MappingError(f"{resource_label(resource)}: expected a {' or '.join(expected)}")
+    key = _key_columns(resource, ctx)
+    try:
+        return {table: [{**key, **columns(resource, ctx.options)}]}
+    except MappingError as exc:
+        # Element helpers name the element only; add which resource it was.
+        raise MappingError(f"{key['resource_type']}/{key['resource_id']}: {exc}") from None
+
+
+def map_service_request(resource: dict[str, Any], ctx: MapContext) -> MappedRecords:
+    """Map a validated ServiceRequest to one `referral` row (and a contained requester's source row)."""
+    rtype, rid, _, _, _ = resource_meta(resource)
+    if rtype != "ServiceRequest":
+        raise MappingError(f"{resource_label(resource)}: expected a ServiceRequest")
+    try:
+        key = _key_columns(resource, ctx)
+        row = {**key, **_referral_columns(resource, ctx.options)}
+        records: MappedRecords = {"referral": [row]}
+        contained = _contained_source(resource, key)
+        if contained is not None:
+            row["source_ref"] = f"{contained['resource_type']}/{contained['resource_id']}"
+            row["source_type"] = row["source_type"] or contained["source_type"]
+            records["referral_source"] = [contained]
+        return records
+    except MappingError as exc:
+        raise MappingError(f"{rtype}/{rid}: {exc}") from None
+
+
+def _contained_source(resource: dict[str, Any], key: dict[str, Any]) -> dict[str, Any] | None:
+    """A `referral_source` row for a requester that lives inside the ServiceRequest (`#id`).
+
+    Its key is (source type, "<ServiceRequest id>#<contained id>"): contained ids are only unique within
+    their resource. It takes the ServiceRequest's version and lastUpdated, its own content hash.
+    """
+    literal = reference(resource.get("requester"))
+    if not literal or not literal.startswith("#"):
+        return None
+    for item in resource.get("contained") or ():
+        if not isinstance(item, dict) or item.get("id") != literal[1:]:
+            continue
+        if item.get("resourceType") not in SOURCE_RESOURCES:
+            return None  # a contained Patient / RelatedPerson: a self-referral, never stored
+        source_id = f"{key['resource_id']}#{item['id']}"
+        return {
+            **key,
+            "resource_type": item["resourceType"],
+            "resource_id": source_id,
+            "content_hash": content_hash(item),
+            "source_ref": f"{item['resourceType']}/{source_id}",
+            **source_columns(item),
+        }
+    return None
+
+
+def _referral_columns(resource: dict[str, Any], options: MappingOptions) -> dict[str, Any]:
+    subject = resource.get("subject")
+    if not isinstance(subject, dict) or not subject:
+        raise MappingError("subject: missing")
+    requester = resource.get("requester")
+    requester_type = reference_type(requester)
+    service_system, service_code, service_display = _service(resource.get("code"))
+    coverage_refs = _refs(resource.get("insurance"))
+    requested_start = _requested_start(resource)
+    source_type = requester_source_type(requester)
+    requester_ref = reference(requester)
+    if requester_ref is not None and requester_ref.startswith("#"):
+        source_ref = None  # set from the contained resource, when it is a source
+        if source_type is None and _contained_type(resource, requester_ref) in SELF_REQUESTERS:
+            source_type = "self"
+    else:
+        source_ref = None if source_type == "self" else requester_ref
+    performers = _refs(resource.get("performer"))
+    # Discipline from what is ordered first, then from whom it is ordered (performerType).
+    tokens = code_tokens([resource.get("code"), resource.get("performerType")])
+    missing = intake_missing(resource, requested_start, options.intake_required)
+    return {
         "status": resource.get("status"),
         "intent": resource.get("intent"),
         "priority": resource.get("priority"),
         "category_code": _category_code(resource.get("category")),
         "authored_on": parse_fhir_datetime(resource.get("authoredOn"), "authoredOn"),
-        "requested_start": _requested_start(resource),
+        "requested_start": requested_start,
         "patient_ref": reference(subject) if reference_type(subject) == "Patient" else None,
-        "requester_ref": reference(requester),
+        "requester_ref": requester_ref,
         "requester_display": (
             requester.get("display")
-            if isinstance(requester, dict) and requester_type not in _PERSONAL_REQUESTERS
+            if isinstance(requester, dict) and requester_type not in SELF_REQUESTERS
             else None
         ),
         "service_system": service_system,
         "service_code": service_code,
         "service_display": service_display,
         "reason_codes": codes(resource.get("reasonCode")),
+        "reason_refs": _refs(resource.get("reasonReference")),
         "coverage_ref": coverage_refs[0] if coverage_refs else None,
         "coverage_refs": coverage_refs,
+        "discipline": discipline_of(tokens, options.discipline_codes),
+        "performer_ref": performers[0] if performers else None,
+        "based_on_refs": _refs(resource.get("basedOn")),
+        "replaces_refs": _refs(resource.get("replaces")),
+        "source_ref": source_ref,
+        "source_type": source_type,
+        "intake_missing": missing,
+        "intake_complete": not missing,
     }
 
 
+def _contained_type(resource: dict[str, Any], literal: str) -> str | None:
+    for item in resource.get("contained") or ():
+        if isinstance(item, dict) and item.get("id") == literal[1:]:
+            return item.get("resourceType")
+    return None
+
+
+def map_referral_source(resource: dict[str, Any], ctx: MapContext) -> MappedRecords:
+    """Map a validated Practitioner, PractitionerRole or Organization to one `referral_source` row."""
+
+    def columns(res: dict[str, Any], _options: MappingOptions) -> dict[str, Any]:
+        return {"source_ref": f"{res['resourceType']}/{res['id']}", **source_columns(res)}
+
+    return _mapped("referral_source", SOURCE_RESOURCES, resource, ctx, columns)
+
+
+def map_appointment(resource: dict[str, Any], ctx: MapContext) -> MappedRecords:
+    """Map a validated Appointment to one `visit` row; MappingError when it has no Patient participant."""
+    return _mapped("visit", ("Appointment",), resource, ctx, appointment_columns)
+
+
+def map_encounter(resource: dict[str, Any], ctx: MapContext) -> MappedRecords:
+    """Map a validated Encounter to one `visit` row; MappingError when its subject is not a Patient."""
+    return _mapped("visit", ("Encounter",), resource, ctx, encounter_columns)
+
+
 #: Resource type -> mappers of the referral subject (gathered by `mappings.registry`).
-MAPPERS: dict[str, tuple[Mapper, ...]] = {"ServiceRequest": (map_service_request,)}
-TARGET_TABLES: dict[str, tuple[str, ...]] = {"ServiceRequest": ("referral",)}
+MAPPERS: dict[str, tuple[Mapper, ...]] = {
+    "ServiceRequest": (map_service_request,),
+    "Appointment": (map_appointment,),
+    "Encounter": (map_encounter,),
+    "Practitioner": (map_referral_source,),
+    "PractitionerRole": (map_referral_source,),
+    "Organization": (map_referral_source,),
+}
+TARGET_TABLES: dict[str, tuple[str, ...]] = {
+    "ServiceRequest": ("referral", "referral_source"),
+    "Appointment": ("visit",),
+    "Encounter": ("visit",),
+    "Practitioner": ("referral_source",),
+    "PractitionerRole": ("referral_source",),
+    "Organization": ("referral_source",),
+}

@@ -421,12 +421,15 @@ class DemoBuilder:
                     "id": appt_id,
                     "meta": meta(1 if status == "booked" else 2, booked_at if status == "booked" else end),
                     "status": status,
+                    # The discipline (SNOMED CT) and the evaluation it is booked for (CPT), so BI can
+                    # tell an evaluation from a treatment visit by the appointment alone.
                     "serviceType": [
-                        concept(
-                            SNOMED,
-                            DISCIPLINES[fact["discipline"]]["snomed"][0],
-                            DISCIPLINES[fact["discipline"]]["snomed"][1],
-                        )
+                        {
+                            "coding": [
+                                *concept(SNOMED, *DISCIPLINES[fact["discipline"]]["snomed"])["coding"],
+                                *concept(CPT, cpt_code, cpt_display)["coding"],
+                            ]
+                        }
                     ],
                     "appointmentType": concept("http://terminology.hl7.org/CodeSystem/v2-0276", "ROUTINE"),
                     "start": iso(start),

@@ -1,4 +1,5 @@
-"""ServiceRequest -> referral: golden rows from real examples, and every example maps or is rejected."""
+"""ServiceRequest -> referral: golden rows from real examples (fields, discipline, source, intake checklist),
+and every example maps or is rejected with a reason."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ import orjson
 import pytest
 
 from connector.errors import MappingError
+from mappings import referral
 from mappings.referral import map_service_request
+from mappings.referral_source import SOURCE_RESOURCES
 from mappings.registry import MAPPERS, TARGET_TABLES, map_resource
-from mappings.types import MapContext
+from mappings.types import MapContext, MappingOptions
 
 DATA = Path(__file__).parent / "data" / "fhir"
 FILES = (
@@ -52,6 +55,15 @@ ROW_KEYS = {
     "reason_codes",
     "coverage_ref",
     "coverage_refs",
+    "reason_refs",
+    "discipline",
+    "performer_ref",
+    "based_on_refs",
+    "replaces_refs",
+    "source_ref",
+    "source_type",
+    "intake_missing",
+    "intake_complete",
 }
 SNOMED = "http://snomed.info/sct"
 CPT = "http://www.ama-assn.org/go/cpt"
@@ -107,6 +119,15 @@ def test_golden_di_occurrence_datetime_with_offset() -> None:
         "reason_codes": [],  # reasonCode has text only
         "coverage_ref": None,
         "coverage_refs": [],
+        "reason_refs": [],
+        "discipline": "other",  # a LOINC imaging code is no therapy
+        "performer_ref": None,
+        "based_on_refs": [],
+        "replaces_refs": [],
+        "source_ref": "Practitioner/example",
+        "source_type": None,  # known once the Practitioner is joined
+        "intake_missing": ["diagnosis", "payer"],  # a text-only reason is not a coded diagnosis
+        "intake_complete": False,
     }
 
 
@@ -135,6 +156,15 @@ def test_golden_myringotomy_absolute_references_and_no_patient_text() -> None:
         "reason_codes": [],
         "coverage_ref": None,
         "coverage_refs": [],
+        "reason_refs": [],
+        "discipline": "other",  # ENT surgery
+        "performer_ref": "Practitioner/76597",
+        "based_on_refs": [],  # identifier-only basedOn and replaces: nothing to key on
+        "replaces_refs": [],
+        "source_ref": "Practitioner/77272",
+        "source_type": None,
+        "intake_missing": ["diagnosis", "payer", "requested_start"],
+        "intake_complete": False,
     }
     # The patient's name (subject.display, encounter.display) and the note text never reach the row.
     flat = json.dumps(row, default=str)
@@ -221,6 +251,15 @@ def test_golden_demo_timing_bounds_and_insurance() -> None:
         "reason_codes": [f"{ICD10CM}|M25.561"],
         "coverage_ref": "Coverage/demo-cov-141",
         "coverage_refs": ["Coverage/demo-cov-141"],
+        "reason_refs": [],
+        "discipline": "PT",
+        "performer_ref": None,
+        "based_on_refs": [],
+        "replaces_refs": [],
+        "source_ref": "Organization/demo-referrer-org-3",
+        "source_type": None,
+        "intake_missing": [],
+        "intake_complete": True,
     }
 
 
@@ -311,9 +350,226 @@ def test_not_a_service_request() -> None:
 
 
 def test_registry() -> None:
-    assert set(MAPPERS) == set(TARGET_TABLES) == {"ServiceRequest"}
+    referral_types = {"ServiceRequest", "Appointment", "Encounter", "Practitioner", "PractitionerRole"}
+    assert set(referral.MAPPERS) == set(referral.TARGET_TABLES) == referral_types | {"Organization"}
     assert MAPPERS["ServiceRequest"] == (map_service_request,)
-    assert TARGET_TABLES["ServiceRequest"] == ("referral",)
+    assert TARGET_TABLES["ServiceRequest"] == ("referral", "referral_source")
+    assert MAPPERS["Appointment"][0] is referral.map_appointment
+    assert TARGET_TABLES["Encounter"][0] == "visit"
+    assert all(MAPPERS[t][0] is referral.map_referral_source for t in SOURCE_RESOURCES)
+
+
+# -- discipline, source and intake checklist on real examples ---------------------------------------
+
+ALL_ITEMS = ["diagnosis", "referral_reason", "payer", "requested_start", "referrer", "patient"]
+
+
+def test_physiotherapy_is_pt_with_a_referenced_diagnosis_but_no_start_date() -> None:
+    row = _row(_example("physiotherapy"))
+    assert row["discipline"] == "PT"  # SNOMED 34431008 Physiotherapy of chest
+    assert row["reason_refs"] == ["#cystic-fibrosis"]  # a contained Condition counts as a diagnosis
+    assert row["based_on_refs"] == ["CarePlan/gpvisit"]
+    assert row["source_ref"] == "Practitioner/example"
+    assert row["intake_missing"] == ["payer", "requested_start"]  # Timing with a frequency only
+    assert row["intake_complete"] is False
+
+
+def test_physical_therapy_display_only_referrer_counts_as_referrer_but_has_no_source() -> None:
+    row = _row(_example("physical-therapy"))
+    assert row["discipline"] == "PT"  # SNOMED 710830005 Assessment of passive range of motion
+    assert row["source_ref"] is None  # nothing to join on; the views fall back to the display
+    assert row["source_type"] is None
+    assert row["performer_ref"] is None  # display-only performer
+    assert row["intake_missing"] == ["diagnosis", "payer"]  # "assessment of mobility ..." is text only
+
+
+def test_ambulation_reason_reference_and_care_plan() -> None:
+    row = _row(_example("ambulation"))
+    assert row["discipline"] == "other"
+    assert row["reason_refs"] == ["Observation/blood-pressure"]
+    assert row["based_on_refs"] == ["CarePlan/preg"]
+    assert row["source_ref"] == "Practitioner/3ad0687e-f477-468c-afd5-fcc2bf897809"
+    assert row["intake_missing"] == ["payer", "requested_start"]
+
+
+def test_display_only_subject_maps_with_the_patient_item_missing() -> None:
+    row = _row(_example("education"))
+    assert row["patient_ref"] is None
+    assert row["performer_ref"] is None
+    # Every item but the reason and the referrer ("Angela Care, MD") is missing.
+    assert row["intake_missing"] == ["diagnosis", "payer", "patient"]
+
+
+def test_referral_without_requester_is_an_unknown_source_not_dropped() -> None:
+    row = _row(_example("ReferralRequestExample", "ServiceRequest-ig.ndjson"))
+    assert row["source_ref"] is None
+    assert row["source_type"] == "unknown"
+    assert row["discipline"] == "other"
+    assert row["intake_missing"] == ["diagnosis", "payer", "requested_start", "referrer"]
+
+
+def test_subreferral_links_to_the_referral_it_is_based_on() -> None:
+    resource = next(
+        r
+        for n, r in ALL
+        if n == "ServiceRequest-ig.ndjson" and r["id"].startswith("SDOHCC-ServiceRequestSubreferral")
+    )
+    row = _row(copy.deepcopy(resource))
+    assert row["based_on_refs"] == [
+        "ServiceRequest/SDOHCC-ServiceRequestActiveFoodPantryApplicationAssistExample"
+    ]
+    assert row["source_type"] == "unknown"
+
+
+def test_performer_role_reference() -> None:
+    row = _row(_example("1", "ServiceRequest-ig.ndjson"))
+    assert row["performer_ref"] == "PractitionerRole/2"
+
+
+def test_demo_referrals_discipline_from_cpt_only_and_complete_intake() -> None:
+    assert _row(_example("demo-sr-005", "ServiceRequest-demo.ndjson"))["discipline"] == "OT"  # CPT 97166
+    row = _row(_example("demo-sr-012", "ServiceRequest-demo.ndjson"))
+    assert (row["discipline"], row["intake_missing"], row["intake_complete"]) == ("PT", [], True)
+    assert row["source_ref"] == "Practitioner/demo-referrer-4"
+
+
+def test_synthea_urn_requester_and_patient() -> None:
+    urn, display_only, conditional = [_row(r) for r in _lines("ServiceRequest-synthea-contained.ndjson")]
+    assert urn["source_ref"] == "urn:uuid:6d705d81-8546-43b2-b336-31a282128f2d"
+    assert "patient" not in urn["intake_missing"]  # a urn:uuid subject still identifies someone
+    assert display_only["source_ref"] is None
+    assert conditional["source_ref"] is None
+    assert "referrer" not in conditional["intake_missing"]
+
+
+def test_intake_items_are_configurable_per_endpoint() -> None:
+    resource = _example("physiotherapy")
+    ctx = MapContext("clinic-emr", CTX.synced_at, MappingOptions(intake_required=("diagnosis", "referrer")))
+    (row,) = map_service_request(resource, ctx)["referral"]
+    assert (row["intake_missing"], row["intake_complete"]) == ([], True)
+    ctx = MapContext("clinic-emr", CTX.synced_at, MappingOptions(intake_required=("requested_start",)))
+    (row,) = map_service_request(resource, ctx)["referral"]
+    assert row["intake_missing"] == ["requested_start"]
+
+
+def test_each_intake_item_is_checked() -> None:
+    resource = _example("demo-sr-012", "ServiceRequest-demo.ndjson")
+    assert _row(resource)["intake_missing"] == []
+    for item, element in [
+        ("diagnosis", "reasonCode"),
+        ("payer", "insurance"),
+        ("requested_start", "occurrencePeriod"),
+        ("referrer", "requester"),
+    ]:
+        changed = copy.deepcopy(resource)
+        del changed[element]
+        assert _row(changed)["intake_missing"] == [item], item
+    no_reason = copy.deepcopy(resource)
+    no_reason["code"] = {"coding": [{"system": SNOMED, "display": "no code"}]}
+    assert _row(no_reason)["intake_missing"] == ["referral_reason"]
+    no_reason["note"] = [{"text": "evaluate and treat"}]
+    assert _row(no_reason)["intake_missing"] == []
+    group = copy.deepcopy(resource)
+    group["subject"] = {"reference": "Group/1"}
+    assert _row(group)["intake_missing"] == ["patient"]
+
+
+def test_discipline_codes_from_config_extend_and_override_the_shipped_map() -> None:
+    resource = _example("lipid")  # local code http://acme.org/tests|LIPID
+    assert _row(resource)["discipline"] == "other"
+    options = MappingOptions(discipline_codes={"http://acme.org/tests|LIPID": "SLP"})
+    (row,) = map_service_request(resource, MapContext("e", CTX.synced_at, options))["referral"]
+    assert row["discipline"] == "SLP"
+    # An endpoint may also declare a shipped code "other"; a later PT code still decides.
+    demo = _example("demo-sr-028", "ServiceRequest-demo.ndjson")  # SNOMED 91251008, then CPT 97161
+    options = MappingOptions(discipline_codes={f"{SNOMED}|91251008": "other"})
+    (row,) = map_service_request(demo, MapContext("e", CTX.synced_at, options))["referral"]
+    assert row["discipline"] == "PT"
+    options = MappingOptions(discipline_codes={f"{SNOMED}|91251008": "other", f"{CPT}|97161": "other"})
+    (row,) = map_service_request(demo, MapContext("e", CTX.synced_at, options))["referral"]
+    assert row["discipline"] == "other"
+
+
+def test_discipline_from_performer_type_when_the_code_says_nothing() -> None:
+    resource = _example("subrequest")
+    resource["performerType"] = {"coding": [{"system": SNOMED, "code": "80546007"}]}
+    assert _row(resource)["discipline"] == "OT"
+    resource["code"] = {"coding": [{"system": CPT, "code": "92610"}]}
+    assert _row(resource)["discipline"] == "SLP"  # the ordered service wins over the performer type
+
+
+def test_codes_match_on_system_and_code() -> None:
+    resource = _example("lipid")
+    resource["code"] = {"coding": [{"system": "http://acme.org/tests", "code": "97161"}]}
+    assert _row(resource)["discipline"] == "other"  # not the CPT code
+
+
+def test_contained_practitioner_requester_becomes_a_source_row() -> None:
+    resource = _example("demo-sr-012", "ServiceRequest-demo.ndjson")
+    resource["contained"] = [
+        {
+            "resourceType": "PractitionerRole",
+            "id": "ref1",
+            "practitioner": {"display": "Dr. Inez Contained"},
+            "code": [{"coding": [{"system": "http://nucc.org/provider-taxonomy", "code": "171M00000X"}]}],
+            "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "1234567893"}],
+        }
+    ]
+    resource["requester"] = {"reference": "#ref1"}
+    records = map_resource(resource, CTX)
+    (row,) = records["referral"]
+    (source,) = records["referral_source"]
+    assert row["requester_ref"] == "#ref1"
+    assert row["source_ref"] == "PractitionerRole/demo-sr-012#ref1" == source["source_ref"]
+    assert row["source_type"] == "case_manager"
+    assert source == {
+        "endpoint": "clinic-emr",
+        "resource_type": "PractitionerRole",
+        "resource_id": "demo-sr-012#ref1",
+        "version_id": resource["meta"]["versionId"],
+        "last_updated": row["last_updated"],
+        "content_hash": _hash(resource["contained"][0]),
+        "source_ref": "PractitionerRole/demo-sr-012#ref1",
+        "name": "Dr. Inez Contained",
+        "source_type": "case_manager",
+        "npi": "1234567893",
+        "practitioner_ref": None,
+        "organization_ref": None,
+        "type_codes": ["http://nucc.org/provider-taxonomy|171M00000X"],
+        "active": None,
+    }
+
+
+@pytest.mark.parametrize(
+    "requester",
+    [
+        {"reference": "Patient/demo-132", "display": "Zelda Quux"},
+        {"reference": "RelatedPerson/mum", "display": "Zelda's mother"},
+        {"reference": "#me"},
+    ],
+)
+def test_self_referral_keeps_no_name_and_no_source_row(requester: dict[str, Any]) -> None:
+    resource = _example("demo-sr-012", "ServiceRequest-demo.ndjson")
+    resource["contained"] = [{"resourceType": "Patient", "id": "me", "name": [{"family": "Secret"}]}]
+    resource["requester"] = requester
+    records = map_resource(resource, CTX)
+    assert list(records) == ["referral"]
+    (row,) = records["referral"]
+    assert (row["source_ref"], row["source_type"], row["requester_display"]) == (None, "self", None)
+    flat = json.dumps(records, default=str)
+    assert "Zelda" not in flat
+    assert "Secret" not in flat
+    assert "referrer" not in row["intake_missing"]
+
+
+def test_service_request_without_subject_is_rejected_naming_the_element() -> None:
+    resource = _example("demo-sr-012", "ServiceRequest-demo.ndjson")
+    resource["subject"] = {}
+    with pytest.raises(MappingError, match=r"^ServiceRequest/demo-sr-012: subject: missing$"):
+        map_service_request(resource, CTX)
+    del resource["subject"]
+    with pytest.raises(MappingError, match=r"^ServiceRequest/demo-sr-012: invalid ServiceRequest: subject"):
+        map_resource(resource, CTX)
 
 
 # -- corpus regression ------------------------------------------------------------------------

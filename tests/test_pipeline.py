@@ -155,7 +155,7 @@ def test_failure_mid_stream_keeps_committed_pages_but_not_the_watermark(engine: 
     assert "503" in run_row["error"]
 
 
-def test_sorted_stream_checkpoints_each_committed_page(engine: Engine) -> None:
+def test_failure_on_a_later_page_keeps_the_watermark_and_the_loaded_rows(engine: Engine) -> None:
     with respx.mock(base_url=BASE, assert_all_called=True) as mock:
         mock.get("/ServiceRequest").respond(
             json=bundle(
@@ -176,8 +176,51 @@ def test_sorted_stream_checkpoints_each_committed_page(engine: Engine) -> None:
     assert result.status == "failed"
     assert result.transient is False
     assert "paging state expired" in (result.error or "")
-    # Everything up to page 2 is committed, so the watermark may stand at page 2's newest resource.
-    assert state.get_watermark(engine, "clinic", "ServiceRequest")[0] == "2026-11-01T11:00:00Z"
+    assert referral_ids(engine) == ["sr1", "sr2", "sr3"]
+    assert state.get_watermark(engine, "clinic", "ServiceRequest") == (None, None)
+
+
+def test_update_during_an_offset_walk_holds_the_watermark_before_it(engine: Engine) -> None:
+    # The search began at 10:00 (page 1's Bundle time). sr6 was updated at 10:00:30, after page 1 was
+    # served: an offset-paging server then shifted page 2 by one, so the watermark may not pass page 1.
+    with respx.mock(base_url=BASE, assert_all_called=True) as mock:
+        mock.get("/ServiceRequest").respond(
+            json=bundle(
+                [sr(1, "2026-11-05T09:00:00Z"), sr(2, "2026-11-05T09:10:00Z")],
+                f"{BASE}/page?token=b",
+                last_updated="2026-11-05T10:00:00Z",
+            )
+        )
+        mock.get("/page", params={"token": "b"}).respond(
+            json=bundle(
+                [sr(3, "2026-11-05T09:20:00Z"), sr(4, "2026-11-05T09:30:00Z")],
+                f"{BASE}/page?token=c",
+                last_updated="2026-11-05T10:01:00Z",
+            )
+        )
+        mock.get("/page", params={"token": "c"}).respond(
+            json=bundle(
+                [sr(5, "2026-11-05T09:40:00Z"), sr(6, "2026-11-05T10:00:30Z")],
+                last_updated="2026-11-05T10:02:00Z",
+            )
+        )
+        result = run(engine, endpoint(), LAST_UPDATED, [("_count", "2")])
+    assert (result.status, result.loaded) == ("succeeded", 6)
+    assert state.get_watermark(engine, "clinic", "ServiceRequest")[0] == "2026-11-05T09:10:00Z"
+
+
+def test_quiet_walk_sets_the_watermark_to_the_newest_resource(engine: Engine) -> None:
+    with respx.mock(base_url=BASE, assert_all_called=True) as mock:
+        mock.get("/ServiceRequest").respond(
+            json=bundle(
+                [sr(1, "2026-11-05T09:00:00Z")], f"{BASE}/page?token=b", last_updated="2026-11-05T10:00:00Z"
+            )
+        )
+        mock.get("/page", params={"token": "b"}).respond(
+            json=bundle([sr(2, "2026-11-05T09:50:00Z")], last_updated="2026-11-05T10:01:00Z")
+        )
+        run(engine, endpoint(), LAST_UPDATED, [("_count", "1")])
+    assert state.get_watermark(engine, "clinic", "ServiceRequest")[0] == "2026-11-05T09:50:00Z"
 
 
 def test_includes_are_stored_but_not_counted_as_stream_resources(engine: Engine) -> None:
@@ -270,3 +313,19 @@ def test_malformed_page_is_retried_then_loaded(engine: Engine, body: bytes) -> N
         )
         result = run(engine, endpoint(), LAST_UPDATED, [])
     assert (result.status, result.loaded) == ("succeeded", 1)
+
+
+def test_a_missing_table_is_not_worth_retrying(engine: Engine) -> None:
+    from connector.errors import WarehouseError
+    from connector.warehouse.writer import PageWrite, Reject, write_page
+
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE dead_letter"))
+    page = PageWrite(
+        endpoint="clinic",
+        resource_type="ServiceRequest",
+        rejects=[Reject("clinic", "ServiceRequest", "x", "bad", {"id": "x"})],
+    )
+    with pytest.raises(WarehouseError) as info:
+        write_page(engine, page)
+    assert info.value.transient is False

@@ -79,3 +79,48 @@ def supports_last_updated(cap: dict[str, Any], resource_type: str) -> bool:
 def supports_sort(cap: dict[str, Any], resource_type: str) -> bool:
     """Whether `_sort` is declared for the type; R4 has no other standard way to say so."""
     return "_sort" in search_params(cap, resource_type)
+
+
+#: The Bulk Data Access IG's canonical URLs (the CapabilityStatement it defines, its operations).
+BULK_DATA_CAPABILITY = "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"
+_BULK_OPERATIONS = {
+    "system": ("export", "/OperationDefinition/export"),
+    "group": ("group-export", "/OperationDefinition/group-export"),
+    "patient": ("patient-export", "/OperationDefinition/patient-export"),
+}
+_BULK_RESOURCE = {"group": "Group", "patient": "Patient"}
+
+
+def _declares_export(operations: Any, level: str) -> bool:
+    name, definition_suffix = _BULK_OPERATIONS[level]
+    for op in operations or []:
+        if not isinstance(op, dict):
+            continue
+        definition = op.get("definition") if isinstance(op.get("definition"), str) else ""
+        if op.get("name") in ("export", name) or definition.split("|")[0].endswith(definition_suffix):
+            return True
+    return False
+
+
+def supports_bulk_export(cap: dict[str, Any], level: str = "system") -> bool:
+    """Whether the server offers Bulk Data `$export` at `level` (system, group or patient).
+
+    Either the statement instantiates the IG's bulk-data CapabilityStatement, or it declares the operation
+    (at rest level for system, on Group or Patient for the other levels).
+    """
+    if level not in _BULK_OPERATIONS:
+        raise ValueError(f"unknown bulk export level {level!r}")
+    instantiates = cap.get("instantiates") or []
+    if any(isinstance(u, str) and u.split("|")[0] == BULK_DATA_CAPABILITY for u in instantiates):
+        return True
+    for rest in _server_rests(cap):
+        if level == "system" and _declares_export(rest.get("operation"), level):
+            return True
+        for resource in rest.get("resource") or []:
+            if (
+                isinstance(resource, dict)
+                and resource.get("type") == _BULK_RESOURCE.get(level)
+                and _declares_export(resource.get("operation"), level)
+            ):
+                return True
+    return False

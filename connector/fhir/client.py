@@ -14,6 +14,7 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any
 
@@ -174,6 +175,54 @@ class FhirClient:
             if not any(k.lower() == "content-type" for k in send_headers):
                 send_headers["Content-Type"] = FHIR_JSON
         return await self._with_retries(method.upper(), url, content=content, headers=send_headers)
+
+    async def send(
+        self,
+        method: str,
+        url_or_path: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        authenticated: bool = True,
+    ) -> httpx.Response:
+        """One request, neither retried nor classified: the caller reads the status (Bulk status polls,
+        where 202, 429 and a 500 with a transient OperationOutcome all mean "ask again later").
+
+        Authenticated requests must stay on the endpoint's server; unauthenticated ones may go to another
+        host the caller has vetted (they never carry the Authorization header). Redirects are not followed.
+        Transport failures raise TransientFhirError / FatalFhirError.
+        """
+        url = self._absolute(url_or_path) if authenticated else httpx.URL(url_or_path)
+        try:
+            return await self._http.request(
+                method,
+                url,
+                headers=headers,
+                follow_redirects=False,
+                auth=httpx.USE_CLIENT_DEFAULT if authenticated else None,
+            )
+        except httpx.TransportError as exc:
+            raise transport_error(exc, describe(method, url)) from exc
+
+    def stream(
+        self,
+        method: str,
+        url_or_path: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        authenticated: bool = True,
+    ) -> AbstractAsyncContextManager[httpx.Response]:
+        """A streaming request (Bulk file downloads), as `send`: not retried, not classified, no redirects.
+
+        Use as `async with fhir.stream("GET", url) as response: async for chunk in response.aiter_bytes()`.
+        """
+        url = self._absolute(url_or_path) if authenticated else httpx.URL(url_or_path)
+        return self._http.stream(
+            method,
+            url,
+            headers=headers,
+            follow_redirects=False,
+            auth=httpx.USE_CLIENT_DEFAULT if authenticated else None,
+        )
 
     # -- internals -------------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from connector.errors import WarehouseError
 
 #: The revision `migrate` brings the schema to; a test checks it is the head of the migration scripts.
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0006"
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -49,6 +49,14 @@ def insert_for(conn: Connection, table: sa.Table) -> postgresql.Insert | sqlite.
 
 def _json_serializer(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """Connection trouble and lock timeouts pass; a missing table or a broken constraint does not."""
+    if not isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+        return False
+    text = str(getattr(exc, "orig", exc)).lower()
+    return not any(marker in text for marker in ("no such table", "no such column", "has no column"))
 
 
 def db_error_message(exc: BaseException) -> str:
@@ -125,7 +133,7 @@ def make_engine(url: str) -> Engine:
         message = db_error_message(exc)
         if parsed.password:
             message = message.replace(str(parsed.password), "***")
-        raise WarehouseError(f"cannot connect to warehouse {shown}: {message}") from None
+        raise WarehouseError(f"cannot connect to warehouse {shown}: {message}", transient=True) from None
     return engine
 
 

@@ -16,9 +16,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from connector.errors import WarehouseError
+from connector.warehouse import outbox
 from connector.warehouse.canonical import content_hash
 from connector.warehouse.deadletter import record_rejects
-from connector.warehouse.engine import begin_write, db_error_message, insert_for
+from connector.warehouse.engine import begin_write, db_error_message, insert_for, is_transient_db_error
 from connector.warehouse.models import Base
 
 __all__ = [
@@ -64,6 +65,8 @@ class PageWrite:
     #: The same instant parsed; parsed from `watermark` when None.
     watermark_at: datetime | None = None
     mode: str | None = None
+    #: Outbox items (endpoint, kind, item_key) caused by this page; existing ones are left alone.
+    outbox: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,7 @@ def write_page(
             else:
                 _upsert(tx, table, rows, batch_size=batch_size, returning=_pk_names(table))
         rejected = record_rejects(tx, page.rejects, now)
+        outbox.enqueue(tx, page.outbox, now)
         if page.watermark is not None and watermark_at is not None:
             _advance_watermark(tx, page, page.watermark, watermark_at, now)
         by_type = Counter(resource_type for _endpoint, resource_type, _id in touched)
@@ -268,7 +272,8 @@ def write_page(
     except sa.exc.SQLAlchemyError as exc:
         # `from None`: the chained DBAPI error can carry row values (PostgreSQL's DETAIL line).
         raise WarehouseError(
-            f"writing a {page.resource_type} page of {page.endpoint} failed: {db_error_message(exc)}"
+            f"writing a {page.resource_type} page of {page.endpoint} failed: {db_error_message(exc)}",
+            transient=is_transient_db_error(exc),
         ) from None
 
 

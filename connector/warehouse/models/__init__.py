@@ -9,16 +9,19 @@ The schema is created by Alembic (`migrations/versions/`), never by `create_all`
 migrations and these models agree.
 """
 
-from connector.warehouse.models import claims, payer, referrals
+from connector.warehouse.models import claims, payer, pushback, referrals
 from connector.warehouse.models.base import NAMING_CONVENTION, Base, JSONType, UTCDateTime
 from connector.warehouse.models.core import DeadLetter, RawResource, SyncRun, SyncState
+from connector.warehouse.models.pushback import Acknowledgment, Outbox
 from connector.warehouse.models.referrals import Referral
 
 __all__ = [
     "NAMING_CONVENTION",
+    "Acknowledgment",
     "Base",
     "DeadLetter",
     "JSONType",
+    "Outbox",
     "RawResource",
     "Referral",
     "SyncRun",
@@ -26,5 +29,6 @@ __all__ = [
     "UTCDateTime",
     "claims",
     "payer",
+    "pushback",
     "referrals",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Deterministic constraint and index names, so migrations can refer to them on every dialect.
 NAMING_CONVENTION: dict[str, str] = {
@@ -63,3 +63,17 @@ class Base(DeclarativeBase):
         dict[str, Any]: JSONType,
         list[str]: JSONType,
     }
+
+
+class ResourceRow:
+    """The columns of every row mapped from a resource: its natural key, the version it came from and
+    when the connector wrote it. `sort_order` keeps the key first and `loaded_at` last in each table."""
+
+    endpoint: Mapped[str] = mapped_column(primary_key=True, sort_order=-10)
+    resource_type: Mapped[str] = mapped_column(primary_key=True, sort_order=-10)
+    resource_id: Mapped[str] = mapped_column(primary_key=True, sort_order=-10)
+    version_id: Mapped[str | None] = mapped_column(sort_order=-10)
+    last_updated: Mapped[datetime | None] = mapped_column(sort_order=-10)
+    #: sha256 of the resource the row came from (the upsert's tie-breaker).
+    content_hash: Mapped[str] = mapped_column(sort_order=-10)
+    loaded_at: Mapped[datetime] = mapped_column(sort_order=10)

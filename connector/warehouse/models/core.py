@@ -40,9 +40,17 @@ class SyncState(Base):
     watermark: Mapped[str | None]
     #: The same instant parsed, used to compare watermarks.
     watermark_at: Mapped[datetime | None]
-    #: last-updated | date-param | full | ndjson
+    #: last-updated | date-param | full | ndjson | bulk
     mode: Mapped[str | None]
     updated_at: Mapped[datetime]
+    #: The status URL of a Bulk $export this stream waits for; set at kick-off, cleared once loaded.
+    bulk_status_url: Mapped[str | None]
+    #: When that export was kicked off (its deadline counts from here).
+    bulk_started_at: Mapped[datetime | None]
+    #: URLs of the export's files already loaded (skipped when a run resumes).
+    bulk_files_done: Mapped[list[str] | None]
+    #: The export manifest's transactionTime, as the server wrote it.
+    bulk_transaction_time: Mapped[str | None]
 
 
 class SyncRun(Base):

@@ -1,30 +1,25 @@
-"""Referral facts: referrals (ServiceRequest); referral sources and visits arrive with the referrals issue."""
+"""Referral facts: referrals (ServiceRequest), referral sources (who referred) and visits (what followed)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped
 
-from connector.warehouse.models.base import Base
+from connector.warehouse.models.base import Base, ResourceRow
 
 
-class Referral(Base):
+class Referral(ResourceRow, Base):
     """One row per ServiceRequest: a referral to the practice."""
 
     __tablename__ = "referral"
     __table_args__ = (
         sa.Index(None, "authored_on"),
         sa.Index(None, "requester_ref"),
+        sa.Index(None, "source_ref"),
     )
 
-    endpoint: Mapped[str] = mapped_column(primary_key=True)
-    resource_type: Mapped[str] = mapped_column(primary_key=True)
-    resource_id: Mapped[str] = mapped_column(primary_key=True)
-    version_id: Mapped[str | None]
-    last_updated: Mapped[datetime | None]
-    content_hash: Mapped[str]
     status: Mapped[str | None]
     intent: Mapped[str | None]
     priority: Mapped[str | None]
@@ -42,4 +37,65 @@ class Referral(Base):
     #: The first insurance reference; all of them are in `coverage_refs`.
     coverage_ref: Mapped[str | None]
     coverage_refs: Mapped[list[str]]
-    loaded_at: Mapped[datetime]
+    #: `Type/id` of reasonReference (Conditions, Observations).
+    reason_refs: Mapped[list[str] | None]
+    #: PT / OT / SLP / other, from the service and performer-type codes (NULL only before 0002 re-maps).
+    discipline: Mapped[str | None]
+    #: The first performer reference.
+    performer_ref: Mapped[str | None]
+    based_on_refs: Mapped[list[str] | None]
+    replaces_refs: Mapped[list[str] | None]
+    #: `referral_source.source_ref` of the requester; NULL for self-referrals and without a requester.
+    source_ref: Mapped[str | None]
+    #: `self` / `unknown` / a contained requester's type; otherwise NULL (see the joined referral_source).
+    source_type: Mapped[str | None]
+    #: Required intake items the referral lacks (JSON list, in the configured order).
+    intake_missing: Mapped[list[str] | None]
+    intake_complete: Mapped[bool | None]
+
+
+class ReferralSource(ResourceRow, Base):
+    """One row per Practitioner, PractitionerRole or Organization that may refer (and per contained one)."""
+
+    __tablename__ = "referral_source"
+    __table_args__ = (sa.Index(None, "endpoint", "source_ref"),)
+
+    #: "<resource_type>/<resource_id>", what `referral.source_ref` points at.
+    source_ref: Mapped[str]
+    name: Mapped[str | None]
+    #: physician / clinic / hospital / school / case_manager / other
+    source_type: Mapped[str]
+    npi: Mapped[str | None]
+    practitioner_ref: Mapped[str | None]
+    organization_ref: Mapped[str | None]
+    #: "system|code" of the codes the type was read from.
+    type_codes: Mapped[list[str]]
+    active: Mapped[bool | None]
+
+
+class Visit(ResourceRow, Base):
+    """One row per Appointment or Encounter of a patient; linked to its referral when basedOn one."""
+
+    __tablename__ = "visit"
+    __table_args__ = (
+        sa.Index(None, "endpoint", "referral_ref"),
+        sa.Index(None, "endpoint", "patient_ref"),
+        sa.Index(None, "start_at"),
+    )
+
+    #: "ServiceRequest/<id>" of the first basedOn ServiceRequest, or NULL.
+    referral_ref: Mapped[str | None]
+    patient_ref: Mapped[str]
+    #: evaluation / treatment / other
+    kind: Mapped[str]
+    #: PT / OT / SLP / other, from the visit's codes.
+    discipline: Mapped[str]
+    #: booked / fulfilled / noshow / cancelled / other
+    status: Mapped[str]
+    fhir_status: Mapped[str | None]
+    start_at: Mapped[datetime | None]
+    #: When the appointment was made (Appointment.created); NULL for Encounters.
+    booked_at: Mapped[datetime | None]
+    #: Encounter.appointment: the Appointment this Encounter took place for.
+    appointment_ref: Mapped[str | None]
+    type_codes: Mapped[list[str]]

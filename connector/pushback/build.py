@@ -1,0 +1,137 @@
+"""Build each outbox item's resource from the warehouse as it is at push time."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from connector.config import EndpointSettings
+from connector.errors import ConnectorError
+from connector.pushback import metrics
+from connector.pushback.resources import (
+    COMPOSITE,
+    METRICS_BY_CODE,
+    AckPolicy,
+    build_composite_measure,
+    build_measure,
+    build_measure_report,
+    build_task,
+)
+from connector.warehouse import outbox
+from connector.warehouse.models import Base
+from connector.warehouse.outbox import (
+    EVALUATION_SCHEDULED,
+    MEASURE,
+    MEASURE_REPORT,
+    TASK_CREATE,
+    TASK_UPDATE,
+    Item,
+)
+
+
+def policy(endpoint: EndpointSettings) -> AckPolicy:
+    if endpoint.owner is None:
+        raise ConnectorError(f"{endpoint.name}: pushing needs `owner` in the endpoint's config")
+    return AckPolicy(
+        identifier_system=endpoint.identifier_system,
+        owner=endpoint.owner,
+        offered_disciplines=tuple(endpoint.offered_disciplines),
+        accept_complete_intake=endpoint.accept_complete_intake,
+    )
+
+
+def referral_id_of(item: Item) -> str:
+    key = item.item_key.removesuffix(EVALUATION_SCHEDULED)
+    return key.removeprefix("ServiceRequest/")
+
+
+def _referral(engine: Engine, endpoint: str, referral_id: str) -> dict[str, Any] | None:
+    table = Base.metadata.tables["referral"]
+    with engine.connect() as conn:
+        row = (
+            conn.execute(
+                sa.select(table).where(
+                    table.c.endpoint == endpoint,
+                    table.c.resource_type == "ServiceRequest",
+                    table.c.resource_id == referral_id,
+                )
+            )
+            .mappings()
+            .first()
+        )
+    return dict(row) if row else None
+
+
+def resource_for(
+    engine: Engine, endpoint: EndpointSettings, item: Item, *, now: datetime, reference_base: str | None
+) -> dict[str, Any] | None:
+    """The resource to send for an item, or None when it must wait (an update before its Task)."""
+    if item.kind in (TASK_CREATE, TASK_UPDATE):
+        referral_id = referral_id_of(item)
+        referral = _referral(engine, endpoint.name, referral_id)
+        if referral is None:
+            raise ConnectorError(f"referral ServiceRequest/{referral_id} is no longer in the warehouse")
+        scheduled = item.kind == TASK_UPDATE
+        ack = outbox.acknowledgment(engine, endpoint.name, referral_id)
+        if scheduled and ack is None:
+            return None
+        # The Task keeps the time it was first authored; later updates only change its state.
+        authored = ack["acknowledged_at"] if ack else now
+        task = build_task(
+            referral,
+            endpoint=endpoint.name,
+            policy=policy(endpoint),
+            authored_on=authored,
+            reference_base=reference_base,
+            evaluation_scheduled=scheduled,
+        )
+        task["lastModified"] = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return task
+    if item.kind == MEASURE:
+        if item.item_key == COMPOSITE:
+            return build_composite_measure(endpoint.measure_base)
+        return build_measure(METRICS_BY_CODE[item.item_key], endpoint.measure_base)
+    if item.kind == MEASURE_REPORT:
+        start = date.fromisoformat(item.item_key)
+        period_start, period_end = metrics.period_bounds(start, endpoint.metrics_period)
+        values = metrics.compute(engine, endpoint.name, period_start, period_end)
+        return build_measure_report(
+            endpoint=endpoint.name,
+            period_start=period_start,
+            period_end=period_end - timedelta(milliseconds=1),
+            values=values,
+            owner=policy(endpoint).owner,
+            identifier_system=endpoint.identifier_system,
+            measure_base=endpoint.measure_base,
+            created=now,
+        )
+    raise ConnectorError(f"unknown outbox kind {item.kind!r}")
+
+
+def acknowledgment_row(
+    engine: Engine,
+    endpoint: EndpointSettings,
+    item: Item,
+    task: dict[str, Any],
+    task_id: str | None,
+    task_version: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    referral_id = referral_id_of(item)
+    referral = _referral(engine, endpoint.name, referral_id) or {}
+    authored = referral.get("authored_on")
+    hours = (now - authored).total_seconds() / 3600 if isinstance(authored, datetime) else None
+    return {
+        "endpoint": endpoint.name,
+        "referral_id": referral_id,
+        "task_identifier": task["identifier"][0]["value"],
+        "task_id": task_id,
+        "task_version": task_version,
+        "task_status": task["status"],
+        "business_status": (task.get("businessStatus") or {}).get("text"),
+        "acknowledged_at": now,
+        "response_hours": round(hours, 3) if hours is not None else None,
+    }

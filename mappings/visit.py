@@ -1,0 +1,105 @@
+"""Appointment / Encounter -> `visit` columns: one row per visit of a patient, linked to its referral.
+
+Every Appointment and Encounter with a patient becomes a visit (the first visit per patient is computed
+from all of them), whether or not it is `basedOn` a ServiceRequest; `referral_ref` is NULL when it is not.
+
+- kind: `evaluation` / `treatment` from the visit's codes (`Appointment.serviceType` and
+  `appointmentType`, `Encounter.type` and `serviceType`) through the shipped code map, else `other`.
+- status, normalised over both resources:
+  `booked` (Appointment booked; Encounter planned), `fulfilled` (the patient came: Appointment arrived /
+  checked-in / fulfilled; Encounter arrived / triaged / in-progress / onleave / finished), `noshow`,
+  `cancelled`, and `other` (proposed, pending, waitlist, entered-in-error, unknown). The raw value is kept
+  in `fhir_status`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from connector.errors import MappingError
+from mappings.discipline import code_tokens, discipline_of, visit_kind
+from mappings.elements import parse_fhir_datetime, reference, reference_type
+from mappings.types import MappingOptions
+
+VISIT_STATUSES: tuple[str, ...] = ("booked", "fulfilled", "noshow", "cancelled", "other")
+
+_APPOINTMENT_STATUS = {
+    "booked": "booked",
+    "arrived": "fulfilled",
+    "checked-in": "fulfilled",
+    "fulfilled": "fulfilled",
+    "noshow": "noshow",
+    "cancelled": "cancelled",
+}
+_ENCOUNTER_STATUS = {
+    "planned": "booked",
+    "arrived": "fulfilled",
+    "triaged": "fulfilled",
+    "in-progress": "fulfilled",
+    "onleave": "fulfilled",
+    "finished": "fulfilled",
+    "cancelled": "cancelled",
+}
+
+
+def _referral_ref(based_on: list[dict[str, Any]] | None) -> str | None:
+    """The first `basedOn` that is a ServiceRequest (CarePlans and others are not referrals)."""
+    for ref in based_on or ():
+        if reference_type(ref) == "ServiceRequest":
+            return reference(ref)
+    return None
+
+
+def _common(
+    status: str | None,
+    status_map: dict[str, str],
+    tokens: list[str],
+    options: MappingOptions,
+) -> dict[str, Any]:
+    return {
+        "kind": visit_kind(tokens),
+        "discipline": discipline_of(tokens, options.discipline_codes),
+        "status": status_map.get(status or "", "other"),
+        "fhir_status": status,
+        "type_codes": tokens,
+    }
+
+
+def appointment_columns(resource: dict[str, Any], options: MappingOptions) -> dict[str, Any]:
+    """The `visit` columns of an Appointment; MappingError when no participant is a Patient."""
+    patient_ref = None
+    for participant in resource.get("participant") or ():
+        actor = participant.get("actor") if isinstance(participant, dict) else None
+        if reference_type(actor) == "Patient" and reference(actor):
+            patient_ref = reference(actor)
+            break
+    if patient_ref is None:
+        raise MappingError("participant: no Patient participant with a reference")
+    tokens = code_tokens([*(resource.get("serviceType") or ()), resource.get("appointmentType")])
+    return {
+        "referral_ref": _referral_ref(resource.get("basedOn")),
+        "patient_ref": patient_ref,
+        **_common(resource.get("status"), _APPOINTMENT_STATUS, tokens, options),
+        "start_at": parse_fhir_datetime(resource.get("start"), "start"),
+        "booked_at": parse_fhir_datetime(resource.get("created"), "created"),
+        "appointment_ref": None,
+    }
+
+
+def encounter_columns(resource: dict[str, Any], options: MappingOptions) -> dict[str, Any]:
+    """The `visit` columns of an Encounter; MappingError when its subject is not a Patient."""
+    subject = resource.get("subject")
+    if reference_type(subject) != "Patient" or not reference(subject):
+        raise MappingError("subject: not a Patient reference")
+    tokens = code_tokens([*(resource.get("type") or ()), resource.get("serviceType")])
+    period = resource.get("period")
+    start = period.get("start") if isinstance(period, dict) else None
+    appointments = [ref for ref in (reference(a) for a in resource.get("appointment") or ()) if ref]
+    return {
+        "referral_ref": _referral_ref(resource.get("basedOn")),
+        "patient_ref": reference(subject),
+        **_common(resource.get("status"), _ENCOUNTER_STATUS, tokens, options),
+        "start_at": parse_fhir_datetime(start, "period.start"),
+        "booked_at": None,
+        "appointment_ref": appointments[0] if appointments else None,
+    }
