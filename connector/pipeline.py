@@ -31,6 +31,7 @@ from connector.warehouse.writer import PageWrite, Reject, content_hash, write_pa
 from mappings.elements import parse_fhir_datetime, resource_meta
 from mappings.registry import map_resource
 from mappings.types import MapContext, MappingOptions
+from mappings.validate import MAX_DEPTH, too_deep
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class MappedPage:
     included: MappedPage | None = None
     #: Every cursor value of the page (for the watermark's offset-paging guard).
     values: list[datetime] = field(default_factory=list)
+    #: Resources marked entered-in-error: (resource_type, resource_id, when).
+    deletions: list[tuple[str, str, datetime]] = field(default_factory=list)
 
 
 class WatermarkTracker:
@@ -147,6 +150,13 @@ def _reject_id(resource: Any) -> str | None:
     return None
 
 
+def _reject_payload(resource: Any) -> dict[str, Any]:
+    """What a dead letter keeps: the resource, unless it nests too deep for the JSON encoders to store."""
+    if too_deep(resource, MAX_DEPTH):
+        return {"id": _reject_id(resource), "note": f"not kept: nested more than {MAX_DEPTH} levels deep"}
+    return resource if isinstance(resource, dict) else {"value": resource}
+
+
 def map_resources(
     endpoint: str,
     resource_type: str,
@@ -171,6 +181,11 @@ def map_resources(
                 raise MappingError(f"expected a {resource_type}, got {found!r}")
             records = map_resource(resource, ctx)
             rtype, rid, version_id, last_updated, _ = resource_meta(resource)
+            erased = resource.get("status") == "entered-in-error"
+            if erased:
+                # Recorded in error: kept raw as deleted, and out of every mapped table and view.
+                records = {}
+                out.deletions.append((rtype, rid, last_updated or synced_at))
         except MappingError as exc:
             out.rejects.append(
                 Reject(
@@ -178,7 +193,7 @@ def map_resources(
                     resource_type,
                     _reject_id(resource),
                     str(exc),
-                    resource if isinstance(resource, dict) else {"value": resource},
+                    _reject_payload(resource),
                 )
             )
         else:
@@ -191,7 +206,8 @@ def map_resources(
                     "last_updated": last_updated,
                     "content_hash": content_hash(resource),
                     "payload": resource,
-                    "deleted": False,
+                    "deleted": erased,
+                    "deleted_at": (last_updated or synced_at) if erased else None,
                 }
             )
             for table, rows in records.items():
@@ -332,6 +348,7 @@ def map_included(
         part = map_resources(endpoint, rtype, group, synced_at, options=options)
         out.raw.extend(part.raw)
         out.rejects.extend(part.rejects)
+        out.deletions.extend(part.deletions)
         for table, rows in part.mapped.items():
             out.mapped.setdefault(table, []).extend(rows)
     return out
@@ -384,6 +401,7 @@ async def _write(
         watermark_at=watermark[1] if watermark else None,
         mode=plan.mode,
         outbox=intents(endpoint, tables),
+        deletions=mapped.deletions + extra.deletions,
     )
     written = await asyncio.to_thread(write_page, engine, write, batch_size=batch_size)
     loaded = written.loaded_by_type.get(rt, 0)

@@ -41,6 +41,7 @@ def replay_dead_letters(
                 raw=mapped.raw,
                 mapped=mapped.mapped,
                 rejects=mapped.rejects,
+                deletions=mapped.deletions,
                 watermark=None,
                 watermark_at=None,
                 mode=None,

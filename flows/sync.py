@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -28,6 +28,7 @@ from connector.bulk_sync import run_bulk_backfill, should_use_bulk
 from connector.config import DIRECTORY_RESOURCES, EndpointSettings, Settings, load_settings
 from connector.errors import ConnectorError, TransientFhirError, WarehouseError
 from connector.fhir.client import FhirClient
+from connector.fhir.history import deleted_since, supports_history
 from connector.fhir.ndjson import NdjsonSource
 from connector.fhir.page import Page
 from connector.pipeline import StreamResult, run_stream
@@ -242,6 +243,8 @@ async def sync_endpoint(
                 ndjson = NdjsonSource(endpoint.ndjson_dir, endpoint.page_size)
             jobs: list[StreamJob] = []
             bulk_types: list[str] = []
+            # Streams whose deletions since their last run are read from `_history` after the run.
+            sweeps: dict[str, datetime] = {}
             pending_export = (
                 endpoint.is_server and bulk_state.pending_export(engine, endpoint.name) is not None
             )
@@ -250,6 +253,12 @@ async def sync_endpoint(
                 if full_refresh:
                     state.reset_watermark(engine, endpoint.name, resource_type)
                 _, watermark_at = state.get_watermark(engine, endpoint.name, resource_type)
+                if (
+                    client is not None
+                    and watermark_at is not None
+                    and supports_history(capability or {}, resource_type)
+                ):
+                    sweeps[resource_type] = watermark_at - timedelta(seconds=endpoint.overlap_seconds)
                 if endpoint.is_server and should_use_bulk(
                     endpoint, capability or {}, watermark_at is not None, pending=pending_export
                 ):
@@ -298,6 +307,8 @@ async def sync_endpoint(
                     failures.append(f"{job.label}: {exc}")
                     outcomes.append((job, None))
             _advance_window_watermarks(engine, outcomes)
+            if client is not None:
+                failures.extend(await _sweep_deletions(client, engine, endpoint.name, sweeps))
             run = EndpointRun(settings, endpoint, engine, client, ndjson, run_id, synced_at, full_refresh)
             if endpoint.pushes and settings.push_target(endpoint) is not None:
                 push_state = await push_back(run, return_state=True)
@@ -314,6 +325,22 @@ async def sync_endpoint(
     if failures:
         raise EndpointFailed(f"{endpoint_name}: {len(failures)} stream(s) failed: " + "; ".join(failures))
     return results
+
+
+async def _sweep_deletions(
+    client: FhirClient, engine: Engine, endpoint_name: str, sweeps: dict[str, datetime]
+) -> list[str]:
+    """Mark deleted what the server deleted since each stream's previous run; returns failure reasons."""
+    failures: list[str] = []
+    for resource_type, since in sweeps.items():
+        try:
+            deletions = await deleted_since(client, resource_type, since)
+            if deletions:
+                write_page(engine, PageWrite(endpoint_name, resource_type, deletions=deletions))
+            get_run_logger().info("%s: %d deletion(s) in _history", resource_type, len(deletions))
+        except ConnectorError as exc:
+            failures.append(f"{resource_type} deletions: {exc}")
+    return failures
 
 
 def _with_window(base: StreamJob, window: Window) -> StreamJob:

@@ -201,27 +201,16 @@ def remaining_streams(engine: Engine, endpoint: str, status_url: str) -> list[st
         return [row.resource_type for row in _export_rows(conn, endpoint, status_url)]
 
 
-def mark_deleted(
-    engine: Engine, endpoint: str, keys: Iterable[tuple[str, str]], at: datetime | None = None
-) -> int:
-    """Set raw_resource.deleted for (resource_type, resource_id) keys; returns the rows changed.
+def mark_deleted(engine: Engine, endpoint: str, keys: Iterable[tuple[str, str]], at: datetime) -> int:
+    """Mark (resource_type, resource_id) keys deleted at `at`: tombstone raw rows, mapped rows removed.
 
-    With `at` (when the server deleted them), a row whose version is newer than `at` is left alone: the
-    resource was created again after the deletion.
+    A row whose version is newer than `at` is left alone (the resource was created again after the
+    deletion). Returns how many resources were marked.
     """
-    ordered = sorted(set(keys))
-    changed = 0
-    with begin_write(engine) as conn:
-        for start in range(0, len(ordered), _CHUNK):
-            part = ordered[start : start + _CHUNK]
-            condition = sa.and_(
-                _RAW.c.endpoint == endpoint,
-                sa.tuple_(_RAW.c.resource_type, _RAW.c.resource_id).in_(part),
-                sa.not_(_RAW.c.deleted),
-            )
-            if at is not None:
-                condition = sa.and_(
-                    condition, sa.or_(_RAW.c.last_updated.is_(None), _RAW.c.last_updated <= at)
-                )
-            changed += conn.execute(sa.update(_RAW).where(condition).values(deleted=True)).rowcount
-    return changed
+    by_type: dict[str, list[tuple[str, str, datetime]]] = {}
+    for rtype, rid in sorted(set(keys)):
+        by_type.setdefault(rtype, []).append((rtype, rid, at))
+    marked = 0
+    for rtype, deletions in by_type.items():
+        marked += write_page(engine, PageWrite(endpoint, rtype, deletions=deletions)).loaded
+    return marked

@@ -67,6 +67,8 @@ class PageWrite:
     mode: str | None = None
     #: Outbox items (endpoint, kind, item_key) caused by this page; existing ones are left alone.
     outbox: list[dict[str, str]] = field(default_factory=list)
+    #: Resources the server deleted (or marked entered-in-error): (resource_type, resource_id, when).
+    deletions: list[tuple[str, str, datetime]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -240,20 +242,26 @@ def write_page(
             tx, _table("raw_resource"), raw_rows, batch_size=batch_size, returning=RESOURCE_KEY
         )
         touched: set[tuple[Any, ...]] = set(raw_written)
+        # A resource the server deleted keeps a tombstone raw row: an older copy arriving later (a slow
+        # page, an overlap, a replay) writes no rows for it.
+        offered = {tuple(row[n] for n in RESOURCE_KEY) for _t, rows in mapped for row in rows}
+        blocked = _deleted_keys(tx, offered - set(raw_written))
         for table, rows in mapped:
+            rows = [row for row in rows if tuple(row[n] for n in RESOURCE_KEY) not in blocked]
             if _is_line_table(table):
                 # Rows per line follow their resource's version: a newer version replaces all its lines
                 # (a line it no longer has must not linger); an unchanged or older one writes none.
                 # Resources with no lines stored yet (a table added after they were synced) get theirs too.
-                offered = {tuple(row[name] for name in RESOURCE_KEY) for row in rows}
-                fresh = set(raw_written) | (offered - _keys_with_lines(tx, table, offered))
-                _delete_lines(tx, table, set(raw_written))
+                keys = {tuple(row[name] for name in RESOURCE_KEY) for row in rows}
+                fresh = set(raw_written) | (keys - _keys_with_lines(tx, table, keys))
+                _delete_rows_of(tx, table, set(raw_written))
                 rows = [row for row in rows if tuple(row[name] for name in RESOURCE_KEY) in fresh]
                 touched.update(_upsert(tx, table, rows, batch_size=batch_size, returning=RESOURCE_KEY))
             elif all(name in table.c for name in RESOURCE_KEY):
                 touched.update(_upsert(tx, table, rows, batch_size=batch_size, returning=RESOURCE_KEY))
             else:
                 _upsert(tx, table, rows, batch_size=batch_size, returning=_pk_names(table))
+        touched.update(_apply_deletions(tx, page.endpoint, page.deletions, now))
         rejected = record_rejects(tx, page.rejects, now)
         outbox.enqueue(tx, page.outbox, now)
         if page.watermark is not None and watermark_at is not None:
@@ -277,6 +285,75 @@ def write_page(
         ) from None
 
 
+def _fact_tables() -> list[sa.Table]:
+    """Every table holding rows mapped from resources (keyed by the resource key), raw_resource aside."""
+    return [
+        t
+        for name, t in Base.metadata.tables.items()
+        if name != "raw_resource" and _pk_names(t)[: len(RESOURCE_KEY)] == RESOURCE_KEY
+    ]
+
+
+def _deleted_keys(conn: Connection, keys: set[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
+    raw = _table("raw_resource")
+    columns = [raw.c[name] for name in RESOURCE_KEY]
+    found: set[tuple[Any, ...]] = set()
+    for part in _resource_chunks(keys):
+        stmt = sa.select(*columns).where(sa.tuple_(*columns).in_(part), raw.c.deleted)
+        found.update(tuple(row) for row in conn.execute(stmt))
+    return found
+
+
+def _apply_deletions(
+    conn: Connection, endpoint: str, deletions: Sequence[tuple[str, str, datetime]], now: datetime
+) -> set[tuple[Any, ...]]:
+    """Mark resources deleted and take their rows out of every mapped table (and so out of the views).
+
+    The raw row becomes (or stays) a tombstone dated at the deletion, so a newer version re-creates the
+    resource but an older copy cannot. A deletion older than the stored version is ignored.
+    """
+    if not deletions:
+        return set()
+    raw = _table("raw_resource")
+    latest: dict[tuple[Any, ...], datetime] = {}
+    for rtype, rid, at in deletions:
+        key = (endpoint, rtype, rid)
+        latest[key] = max(at, latest.get(key, at))
+    rows = [
+        {
+            "endpoint": e,
+            "resource_type": t,
+            "resource_id": i,
+            "last_updated": at,
+            "content_hash": content_hash({"resourceType": t, "id": i, "deleted": True}),
+            "payload": {"resourceType": t, "id": i},
+            "deleted": True,
+            "deleted_at": at,
+            "fetched_at": now,
+        }
+        for (e, t, i), at in sorted(latest.items())
+    ]
+    applied: set[tuple[Any, ...]] = set()
+    for part in [rows[i : i + 500] for i in range(0, len(rows), 500)]:
+        stmt = insert_for(conn, raw).values(part)
+        excluded = stmt.excluded
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(RESOURCE_KEY),
+            # The last known payload stays, for the record; only the state changes.
+            set_={
+                "deleted": True,
+                "deleted_at": excluded.deleted_at,
+                "last_updated": excluded.last_updated,
+                "fetched_at": excluded.fetched_at,
+            },
+            where=sa.or_(raw.c.last_updated.is_(None), raw.c.last_updated <= excluded.last_updated),
+        ).returning(*(raw.c[n] for n in RESOURCE_KEY))
+        applied.update(tuple(r) for r in conn.execute(stmt))
+    for table in _fact_tables():
+        _delete_rows_of(conn, table, applied)
+    return applied
+
+
 def _is_line_table(table: sa.Table) -> bool:
     """A table with several rows per resource: its key is the resource key plus a line key."""
     pk = _pk_names(table)
@@ -298,14 +375,20 @@ def _keys_with_lines(conn: Connection, table: sa.Table, keys: set[tuple[Any, ...
     return found
 
 
-def _delete_lines(conn: Connection, table: sa.Table, keys: set[tuple[Any, ...]]) -> None:
+def _delete_rows_of(conn: Connection, table: sa.Table, keys: set[tuple[Any, ...]]) -> None:
     columns = sa.tuple_(*(table.c[name] for name in RESOURCE_KEY))
     for part in _resource_chunks(keys):
         conn.execute(table.delete().where(columns.in_(part)))
 
 
 def _raw_row(page: PageWrite, row: dict[str, Any], now: datetime) -> dict[str, Any]:
-    out = {"endpoint": page.endpoint, "resource_type": page.resource_type, "deleted": False, **row}
+    out = {
+        "endpoint": page.endpoint,
+        "resource_type": page.resource_type,
+        "deleted": False,
+        "deleted_at": None,
+        **row,
+    }
     if out.get("content_hash") is None and isinstance(out.get("payload"), dict):
         out["content_hash"] = content_hash(out["payload"])
     out["fetched_at"] = now

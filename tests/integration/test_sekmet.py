@@ -421,3 +421,30 @@ def test_incremental_sync_loads_exactly_what_changed(
     assert differs == changes.touched
     assert set(before) <= set(after)
     check_warehouse(full_sync.url, practice, fhir)
+
+
+def test_deleted_resources_are_marked_deleted_on_the_next_sync(
+    full_sync: SyncedWarehouse, practice: Practice, fhir: httpx.Client
+) -> None:
+    # Runs after the incremental test (file order) on the same warehouse. A search never returns a
+    # deleted resource; the connector reads the DELETEs from Coverage/_history (sekmet declares
+    # history-type) since the stream's previous run.
+    victims = sorted(practice.of("Coverage"))[:10]
+    for rid in victims:
+        assert fhir.delete(f"Coverage/{rid}").status_code in (200, 202, 204)
+    sync(full_sync.config)
+    rows = query(
+        full_sync.url,
+        "select resource_id, deleted, deleted_at from raw_resource where resource_type = 'Coverage'",
+    )
+    assert {r[0] for r in rows if r[1]} == set(victims)
+    assert all(r[2] is not None for r in rows if r[1])
+    eligibility = {r[0] for r in query(full_sync.url, "select resource_id from eligibility")}
+    assert not eligibility & set(victims)
+    assert len(eligibility) == len(practice.of("Coverage")) - len(victims)
+    # A second sync changes nothing more: the deletions are not applied twice or undone.
+    sync(full_sync.config)
+    again = query(
+        full_sync.url, "select count(*) from raw_resource where resource_type = 'Coverage' and deleted"
+    )
+    assert again[0][0] == len(victims)

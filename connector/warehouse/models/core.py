@@ -26,6 +26,8 @@ class RawResource(Base):
     content_hash: Mapped[str]
     payload: Mapped[dict[str, Any]]
     deleted: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    #: When the server deleted the resource (or marked it entered-in-error); NULL while it exists.
+    deleted_at: Mapped[datetime | None]
     fetched_at: Mapped[datetime]
 
 
