@@ -342,11 +342,16 @@ def push(
     else:
         for s in summaries:
             where = s.target or "no FHIR server (NDJSON folder): nothing is sent"
-            out.print(
-                f"{s.endpoint} -> {where}: sent {s.sent or 0}, waiting {s.waiting or 0}, "
-                f"failed {s.failed or 0}",
-                markup=False,
+            counts = ", ".join(
+                f"{label} {_per_kind(group)}"
+                for label, group in (
+                    ("sent", s.sent),
+                    ("waiting", s.waiting),
+                    ("skipped", s.skipped),
+                    ("failed", s.failed),
+                )
             )
+            out.print(f"{s.endpoint} -> {where}: {counts}", markup=False)
             if dry_run or s.target is None:
                 for kind, key, _resource in s.previews[:20]:
                     out.print(f"  would send {kind} {key}", markup=False)
@@ -472,6 +477,14 @@ def status(
     for o in data["outbox"]:
         pushes.add_row(o["endpoint"], o["kind"], o["status"], str(o["items"]))
     out.print(runs, marks, dead, pushes)
+
+
+def _per_kind(counts: dict[str, int]) -> str:
+    """'0', or '12 (task-create 10, measure-report 2)'."""
+    total = sum(counts.values())
+    if not counts:
+        return "0"
+    return f"{total} (" + ", ".join(f"{kind} {n}" for kind, n in counts.items()) + ")"
 
 
 def _when(value: datetime | None) -> str:

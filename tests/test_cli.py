@@ -75,6 +75,22 @@ def test_demo_end_to_end_twice(tmp_path: Path) -> None:
     assert {w["resource_type"] for w in data["watermarks"]} >= {"ServiceRequest"}
     assert any(d["resource_type"] == "ServiceRequest" and d["open"] == rejected for d in data["dead_letters"])
 
+    # The demo's folder has no server: acknowledgments and metrics wait in the outbox, shown dry.
+    pushed = connector("push", "--config", str(demo_config_path()), "--dry-run", "--json", cwd=tmp_path)
+    assert pushed.returncode == 0, pushed.stderr
+    (summary,) = orjson.loads(pushed.stdout)
+    assert summary["sent"] == {}
+    assert (
+        summary["waiting"]["task-create"]
+        == len([w for w in summary["would_send"] if w["kind"] == "task-create"])
+        > 0
+    )
+    assert {w["resource"]["resourceType"] for w in summary["would_send"]} == {
+        "Task",
+        "Measure",
+        "MeasureReport",
+    }
+
     listed = connector("deadletters", "list", "--config", str(demo_config_path()), "--json", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     letters = orjson.loads(listed.stdout)
