@@ -6,8 +6,10 @@ Secrets are `SecretStr`: they never appear in `repr`, logs or error messages.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import stat
 import tomllib
 from datetime import date
 from pathlib import Path
@@ -49,11 +51,29 @@ DIRECTORY_RESOURCES: tuple[str, ...] = ("Practitioner", "PractitionerRole", "Org
 SUPPORTED_RESOURCES: tuple[str, ...] = DEFAULT_RESOURCES + DIRECTORY_RESOURCES
 DISCIPLINES: tuple[str, ...] = ("PT", "OT", "SLP", "other")
 
+logger = logging.getLogger(__name__)
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def warn_if_exposed(path: Path, what: str) -> None:
+    """Log a warning when a file holding secrets can be read or written by group or others."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # reading it reports the problem
+    if os.name != "nt" and mode & 0o077:
+        logger.warning(
+            "%s %s is accessible to group/others (mode %s); restrict it with `chmod 600 %s`",
+            what,
+            path,
+            stat.filemode(mode),
+            path,
+        )
 
 
 def resolve_secret(value: str, *, environ: dict[str, str] | None = None) -> str:
@@ -68,6 +88,7 @@ def resolve_secret(value: str, *, environ: dict[str, str] | None = None) -> str:
         return env[name]
     if value.startswith("file:"):
         path = Path(value[5:]).expanduser()
+        warn_if_exposed(path, "secret file")
         try:
             return path.read_text(encoding="utf-8").strip()
         except OSError as exc:
@@ -137,6 +158,7 @@ class AuthSettings(_Strict):
             return self.private_key.get_secret_value()
         if self.private_key_file is None:
             raise ConfigError("auth.private_key_file is not set")
+        warn_if_exposed(self.private_key_file, "private key file")
         try:
             return self.private_key_file.read_text(encoding="utf-8")
         except OSError as exc:
@@ -535,7 +557,19 @@ def load_settings(path: str | Path | None = None) -> Settings:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{file}: not valid TOML: {exc}") from None
-    return parse_settings(data, source=file.resolve())
+    settings = parse_settings(data, source=file.resolve())
+    if _holds_credentials(settings):
+        # A file naming no credentials (the packaged demo, an NDJSON-only setup) is not worth a warning.
+        warn_if_exposed(file, "configuration file")
+    return settings
+
+
+def _holds_credentials(settings: Settings) -> bool:
+    """Whether the file configures any credential (even as env:/file: references, which say where
+    secrets live), or a warehouse URL with a password."""
+    if urlsplit(settings.warehouse.url).password:
+        return True
+    return any(endpoint.auth.type != "none" for endpoint in settings.endpoints)
 
 
 def environ_get(name: str, default: str | None = None) -> str | None:

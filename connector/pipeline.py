@@ -309,16 +309,21 @@ async def run_stream(
         result.status = "succeeded"
     finally:
         result.seconds = round(time.monotonic() - started, 3)
-        await asyncio.to_thread(
-            state.finish_run,
-            engine,
-            run_pk,
-            status=result.status,
-            fetched=result.fetched,
-            loaded=result.loaded,
-            rejected=result.rejected,
-            error=result.error,
-        )
+        try:
+            await asyncio.to_thread(
+                state.finish_run,
+                engine,
+                run_pk,
+                status=result.status,
+                fetched=result.fetched,
+                loaded=result.loaded,
+                rejected=result.rejected,
+                error=result.error,
+            )
+        except WarehouseError as exc:
+            # The rows (or the failure) stand; only the run log could not be written. Never let this
+            # replace the stream's own outcome.
+            log.warning("%s/%s: %s", endpoint.name, rt, exc)
         progress.stream_finished(endpoint.name, rt, status=result.status)
     log.info(
         "%s/%s: %s, fetched %d, loaded %d, rejected %d in %.1fs",

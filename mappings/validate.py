@@ -25,6 +25,11 @@ from connector.errors import MappingError
 _TYPE_RE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 _ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _MAX_ERRORS_SHOWN = 3
+#: JSON nesting (objects and arrays) a resource may have; real resources stay far below it.
+MAX_DEPTH = 64
+#: Element names as they may appear in an error location; unknown keys come from the input and may hold
+#: anything (newlines, megabytes, PHI), so other names are not echoed.
+_LOC_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}")
 
 
 def _codes(text: str) -> frozenset[str]:
@@ -102,7 +107,8 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
         if isinstance(part, int):
             text += f"[{part}]"
         else:
-            text += f".{part}" if text else str(part)
+            name = part if _LOC_NAME_RE.fullmatch(part) else "<invalid name>"
+            text += f".{name}" if text else name
     return text or "<root>"
 
 
@@ -133,9 +139,24 @@ def _check_required_codes(resource: dict[str, Any], resource_type: str) -> list[
     problems = []
     for element, allowed in REQUIRED_CODES.get(resource_type, {}).items():
         value = resource.get(element)
-        if value is not None and value not in allowed:
+        # A list or object (unhashable) is invalid too; the model has already said why.
+        if value is not None and (not isinstance(value, str) or value not in allowed):
             problems.append(f"{element}: code not in the required value set")
     return problems
+
+
+def too_deep(resource: Any, limit: int) -> bool:
+    """Whether JSON objects / arrays nest more than `limit` levels (checked without recursion)."""
+    stack: list[tuple[Any, int]] = [(resource, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def validate(resource: dict[str, Any]) -> None:
@@ -153,13 +174,18 @@ def validate(resource: dict[str, Any]) -> None:
     if not isinstance(rid, str) or not rid:
         raise MappingError(f"{label}: missing id")
 
+    if too_deep(resource, MAX_DEPTH):
+        # The model validator recurses per level (RecursionError), and so do the JSON encoders.
+        raise MappingError(f"{label}: invalid {rtype}: nested more than {MAX_DEPTH} levels deep")
     problems: list[str] = []
     try:
         model.model_validate(resource)
     except ValidationError as exc:
         errors = exc.errors(include_input=False, include_url=False, include_context=False)
         problems = [f"{_format_loc(tuple(e['loc']))}: {_safe_message(resource, dict(e))}" for e in errors]
-    except (ValueError, TypeError) as exc:  # fhir_core raises these for some root-level shape problems
+    except (ValueError, TypeError, LookupError) as exc:
+        # fhir_core raises these for some shape problems (a root-level list, a contained resource whose
+        # resourceType is empty: KeyError); the input is invalid, not our code.
         problems = [f"<root>: {type(exc).__name__}"]
     problems += _check_required_codes(resource, rtype)
     if not problems:

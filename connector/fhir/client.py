@@ -65,6 +65,13 @@ class FhirClient:
     async def __aenter__(self) -> FhirClient:
         ep = self.endpoint
         t = ep.timeouts
+        if not ep.verify_tls:
+            # On every run, so a setting left over from a test install does not go unnoticed.
+            logger.warning(
+                "endpoint %s: TLS certificate verification is OFF (verify_tls = false); "
+                "anyone on the network path can read and alter its traffic, credentials included",
+                ep.name,
+            )
         self._client = httpx.AsyncClient(
             auth=build_auth(ep.auth),
             headers={"Accept": FHIR_JSON, "User-Agent": USER_AGENT},

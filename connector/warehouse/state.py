@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from connector.warehouse.engine import begin_write
+from connector.errors import WarehouseError
+from connector.warehouse.engine import begin_write, db_error_message, is_transient_db_error
 from connector.warehouse.models import DeadLetter, SyncRun, SyncState
 
 _STATE: sa.Table = SyncState.__table__  # type: ignore[assignment]
@@ -44,9 +47,20 @@ def reset_watermark(engine: Engine, endpoint: str, resource_type: str) -> None:
         )
 
 
+@contextmanager
+def _run_log(what: str) -> Iterator[None]:
+    """Database trouble while logging a run becomes a one-line WarehouseError (transient when it is)."""
+    try:
+        yield
+    except sa.exc.SQLAlchemyError as exc:
+        raise WarehouseError(
+            f"{what} failed: {db_error_message(exc)}", transient=is_transient_db_error(exc)
+        ) from None
+
+
 def start_run(engine: Engine, run_id: str, endpoint: str, resource_type: str) -> int:
     """Log the start of one stream of a run; returns the sync_run id to pass to `finish_run`."""
-    with begin_write(engine) as conn:
+    with _run_log("recording the start of a run"), begin_write(engine) as conn:
         result = conn.execute(
             sa.insert(_RUN)
             .values(
@@ -81,7 +95,7 @@ def finish_run(
     error: str | None,
 ) -> None:
     """Record how a stream of a run ended; `error` is stored as one line of at most 500 characters."""
-    with begin_write(engine) as conn:
+    with _run_log("recording the end of a run"), begin_write(engine) as conn:
         conn.execute(
             sa.update(_RUN)
             .where(_RUN.c.id == run_pk)
