@@ -14,7 +14,10 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql
+
+from connector.warehouse.migrations.columns import json_type as _json
+from connector.warehouse.migrations.columns import resource_key_columns
+from connector.warehouse.migrations.columns import timestamp as _ts
 
 revision: str = "0001"
 down_revision: str | Sequence[str] | None = None
@@ -22,23 +25,10 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _json() -> sa.types.TypeEngine[object]:
-    return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
-
-
-def _ts() -> sa.DateTime:
-    return sa.DateTime(timezone=True)
-
-
 def upgrade() -> None:
     op.create_table(
         "raw_resource",
-        sa.Column("endpoint", sa.String(), nullable=False),
-        sa.Column("resource_type", sa.String(), nullable=False),
-        sa.Column("resource_id", sa.String(), nullable=False),
-        sa.Column("version_id", sa.String(), nullable=True),
-        sa.Column("last_updated", _ts(), nullable=True),
-        sa.Column("content_hash", sa.String(), nullable=False),
+        *resource_key_columns(),
         sa.Column("payload", _json(), nullable=False),
         sa.Column("deleted", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column("fetched_at", _ts(), nullable=False),
@@ -104,12 +94,7 @@ def upgrade() -> None:
 
     op.create_table(
         "referral",
-        sa.Column("endpoint", sa.String(), nullable=False),
-        sa.Column("resource_type", sa.String(), nullable=False),
-        sa.Column("resource_id", sa.String(), nullable=False),
-        sa.Column("version_id", sa.String(), nullable=True),
-        sa.Column("last_updated", _ts(), nullable=True),
-        sa.Column("content_hash", sa.String(), nullable=False),
+        *resource_key_columns(),
         sa.Column("status", sa.String(), nullable=True),
         sa.Column("intent", sa.String(), nullable=True),
         sa.Column("priority", sa.String(), nullable=True),

@@ -14,9 +14,11 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql
 
 from connector.warehouse import sqlviews
+from connector.warehouse.migrations.columns import json_type as _json
+from connector.warehouse.migrations.columns import resource_key_columns
+from connector.warehouse.migrations.columns import timestamp as _ts
 
 revision: str = "0002"
 down_revision: str | Sequence[str] | None = "0001"
@@ -29,14 +31,6 @@ DIALECTS = ("sqlite", "postgresql")
 # Visit statuses that mean an evaluation was on the calendar. A no-show was scheduled (and not attended),
 # so it counts here: leaving it out would make the attendance rate look better than it is.
 _SCHEDULED = "('booked', 'fulfilled', 'noshow')"
-
-
-def _json() -> sa.types.TypeEngine[object]:
-    return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
-
-
-def _ts() -> sa.DateTime:
-    return sa.DateTime(timezone=True)
 
 
 def _day(expr: str, d: str) -> str:
@@ -274,12 +268,7 @@ def upgrade() -> None:
 
     op.create_table(
         "referral_source",
-        sa.Column("endpoint", sa.String(), nullable=False),
-        sa.Column("resource_type", sa.String(), nullable=False),
-        sa.Column("resource_id", sa.String(), nullable=False),
-        sa.Column("version_id", sa.String(), nullable=True),
-        sa.Column("last_updated", _ts(), nullable=True),
-        sa.Column("content_hash", sa.String(), nullable=False),
+        *resource_key_columns(),
         sa.Column("source_ref", sa.String(), nullable=False),
         sa.Column("name", sa.String(), nullable=True),
         sa.Column("source_type", sa.String(), nullable=False),
@@ -295,12 +284,7 @@ def upgrade() -> None:
 
     op.create_table(
         "visit",
-        sa.Column("endpoint", sa.String(), nullable=False),
-        sa.Column("resource_type", sa.String(), nullable=False),
-        sa.Column("resource_id", sa.String(), nullable=False),
-        sa.Column("version_id", sa.String(), nullable=True),
-        sa.Column("last_updated", _ts(), nullable=True),
-        sa.Column("content_hash", sa.String(), nullable=False),
+        *resource_key_columns(),
         sa.Column("referral_ref", sa.String(), nullable=True),
         sa.Column("patient_ref", sa.String(), nullable=False),
         sa.Column("kind", sa.String(), nullable=False),

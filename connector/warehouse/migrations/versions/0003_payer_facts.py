@@ -14,8 +14,10 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql
 
+from connector.warehouse.migrations.columns import json_type as _json
+from connector.warehouse.migrations.columns import resource_key_columns
+from connector.warehouse.migrations.columns import timestamp as _ts
 from connector.warehouse.sqlviews import (
     create_view,
     days_between,
@@ -43,14 +45,6 @@ VIEWS = (
 DECIDED_SQL = "('approved', 'modified', 'partial', 'denied', 'not_required')"
 APPROVED_SQL = "('approved', 'modified', 'partial')"
 NOT_IN_ERROR = "(status IS NULL OR status <> 'entered-in-error')"
-
-
-def _json() -> sa.types.TypeEngine[object]:
-    return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
-
-
-def _ts() -> sa.DateTime:
-    return sa.DateTime(timezone=True)
 
 
 def _day(expr: str, d: str) -> str:
@@ -230,12 +224,7 @@ VIEW_SQL = {
 def upgrade() -> None:
     op.create_table(
         "eligibility",
-        sa.Column("endpoint", sa.String(), nullable=False),
-        sa.Column("resource_type", sa.String(), nullable=False),
-        sa.Column("resource_id", sa.String(), nullable=False),
-        sa.Column("version_id", sa.String(), nullable=True),
-        sa.Column("last_updated", _ts(), nullable=True),
-        sa.Column("content_hash", sa.String(), nullable=False),
+        *resource_key_columns(),
         sa.Column("status", sa.String(), nullable=True),
         sa.Column("type_code", sa.String(), nullable=True),
         sa.Column("patient_ref", sa.String(), nullable=True),
@@ -265,12 +254,7 @@ def upgrade() -> None:
 
     op.create_table(
         "eligibility_check",
-        sa.Column("endpoint", sa.String(), nullable=False),
-        sa.Column("resource_type", sa.String(), nullable=False),
-        sa.Column("resource_id", sa.String(), nullable=False),
-        sa.Column("version_id", sa.String(), nullable=True),
-        sa.Column("last_updated", _ts(), nullable=True),
-        sa.Column("content_hash", sa.String(), nullable=False),
+        *resource_key_columns(),
         sa.Column("status", sa.String(), nullable=True),
         sa.Column("outcome", sa.String(), nullable=True),
         sa.Column("purpose", _json(), nullable=False),
@@ -302,12 +286,7 @@ def upgrade() -> None:
 
     op.create_table(
         "prior_auth_request",
-        sa.Column("endpoint", sa.String(), nullable=False),
-        sa.Column("resource_type", sa.String(), nullable=False),
-        sa.Column("resource_id", sa.String(), nullable=False),
-        sa.Column("version_id", sa.String(), nullable=True),
-        sa.Column("last_updated", _ts(), nullable=True),
-        sa.Column("content_hash", sa.String(), nullable=False),
+        *resource_key_columns(),
         sa.Column("status", sa.String(), nullable=True),
         sa.Column("priority", sa.String(), nullable=True),
         sa.Column("patient_ref", sa.String(), nullable=True),
@@ -329,12 +308,7 @@ def upgrade() -> None:
 
     op.create_table(
         "prior_auth_request_item",
-        sa.Column("endpoint", sa.String(), nullable=False),
-        sa.Column("resource_type", sa.String(), nullable=False),
-        sa.Column("resource_id", sa.String(), nullable=False),
-        sa.Column("version_id", sa.String(), nullable=True),
-        sa.Column("last_updated", _ts(), nullable=True),
-        sa.Column("content_hash", sa.String(), nullable=False),
+        *resource_key_columns(),
         sa.Column("sequence", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("service_system", sa.String(), nullable=True),
         sa.Column("service_code", sa.String(), nullable=True),
@@ -347,12 +321,7 @@ def upgrade() -> None:
 
     op.create_table(
         "prior_auth_response",
-        sa.Column("endpoint", sa.String(), nullable=False),
-        sa.Column("resource_type", sa.String(), nullable=False),
-        sa.Column("resource_id", sa.String(), nullable=False),
-        sa.Column("version_id", sa.String(), nullable=True),
-        sa.Column("last_updated", _ts(), nullable=True),
-        sa.Column("content_hash", sa.String(), nullable=False),
+        *resource_key_columns(),
         sa.Column("status", sa.String(), nullable=True),
         sa.Column("outcome", sa.String(), nullable=True),
         sa.Column("decision", sa.String(), nullable=False),
@@ -380,12 +349,7 @@ def upgrade() -> None:
 
     op.create_table(
         "prior_auth_response_item",
-        sa.Column("endpoint", sa.String(), nullable=False),
-        sa.Column("resource_type", sa.String(), nullable=False),
-        sa.Column("resource_id", sa.String(), nullable=False),
-        sa.Column("version_id", sa.String(), nullable=True),
-        sa.Column("last_updated", _ts(), nullable=True),
-        sa.Column("content_hash", sa.String(), nullable=False),
+        *resource_key_columns(),
         sa.Column("line", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("item_sequence", sa.Integer(), nullable=True),
         sa.Column("added", sa.Boolean(), nullable=False),

@@ -25,22 +25,15 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql
 
+from connector.warehouse.migrations.columns import json_type as _json
+from connector.warehouse.migrations.columns import timestamp as _ts
 from connector.warehouse.sqlviews import create_view, days_between, dialect, drop_view, month_start, now
 
 revision: str = "0004"
 down_revision: str | Sequence[str] | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
-
-
-def _json() -> sa.types.TypeEngine[object]:
-    return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
-
-
-def _ts() -> sa.DateTime:
-    return sa.DateTime(timezone=True)
 
 
 def _money() -> sa.Numeric[float]:

@@ -13,22 +13,15 @@ from types import ModuleType
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql
 
+from connector.warehouse.migrations.columns import json_type as _json
+from connector.warehouse.migrations.columns import timestamp as _ts
 from connector.warehouse.sqlviews import create_view
 
 revision: str = "0005"
 down_revision: str | Sequence[str] | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
-
-
-def _json() -> sa.types.TypeEngine[object]:
-    return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
-
-
-def _ts() -> sa.DateTime:
-    return sa.DateTime(timezone=True)
 
 
 def _referral_views() -> ModuleType:
