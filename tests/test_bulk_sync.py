@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from connector.pipeline import StreamResult
 from connector.warehouse import bulk_state, state
 from connector.warehouse.models import Base
 from connector.warehouse.writer import PageWrite, write_page
+from tests.test_bulk import FakeTime as BulkFakeTime
 
 BASE = "https://emr.test/fhir"
 STATUS = f"{BASE}/bulkstatus/job-1"
@@ -35,17 +36,11 @@ TX_TIME = "2026-11-24T07:59:30.250Z"
 DATA = Path(__file__).parent / "data" / "fhir"
 
 
-class FakeTime:
+class FakeTime(BulkFakeTime):
+    """test_bulk's sleep-recording clock, starting at this module's T0."""
+
     def __init__(self) -> None:
-        self.now = T0
-        self.sleeps: list[float] = []
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += timedelta(seconds=seconds)
-
-    def clock(self) -> datetime:
-        return self.now
+        super().__init__(T0)
 
 
 def endpoint(**kw: Any) -> EndpointSettings:

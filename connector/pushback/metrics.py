@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from statistics import median
@@ -12,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from connector.pushback.resources import MetricValue
+from connector.warehouse.claim_decisions import ADJUDICATED_OUTCOMES, COUNTED_DECISIONS
 from connector.warehouse.models import UTCDateTime
 
 
@@ -110,17 +110,16 @@ WHERE f.first_visit_at >= :start AND f.first_visit_at < :end
 
 # Denied lines / adjudicated lines of decisions in the period, with v_denials_by_reason's rules (an EOB
 # repeating a ClaimResponse we hold counts once; entered-in-error is no decision; queued is not decided).
-_CLAIM_FACTS = importlib.import_module("connector.warehouse.migrations.versions.0004_claim_facts")
 _DENIAL_SQL = f"""
-WITH {_CLAIM_FACTS._EFFECTIVE}
+WITH {COUNTED_DECISIONS}
 SELECT
   (SELECT COUNT(*) FROM denial x JOIN eff a
      ON a.endpoint = x.endpoint AND a.resource_type = x.resource_type AND a.resource_id = x.resource_id
     AND a.content_hash = x.content_hash
-   WHERE x.endpoint = :endpoint AND a.outcome IN {_CLAIM_FACTS._ADJUDICATED}
+   WHERE x.endpoint = :endpoint AND a.outcome IN {ADJUDICATED_OUTCOMES}
      AND x.decided_at >= :start AND x.decided_at < :end),
   (SELECT SUM(a.line_count) FROM eff a
-   WHERE a.endpoint = :endpoint AND a.outcome IN {_CLAIM_FACTS._ADJUDICATED}
+   WHERE a.endpoint = :endpoint AND a.outcome IN {ADJUDICATED_OUTCOMES}
      AND a.created >= :start AND a.created < :end)
 """
 

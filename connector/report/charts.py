@@ -30,66 +30,54 @@ def _base(title: str, values: list[dict[str, Any]], **spec: Any) -> dict[str, An
     }
 
 
-def referrals_by_discipline(weekly: dict[str, Any]) -> dict[str, Any]:
-    disciplines = weekly["disciplines"]
+def _weekly_stacked(
+    title: str, values: list[dict[str, Any]], weeks: list[str], field: str, label: str, color: dict[str, Any]
+) -> dict[str, Any]:
+    """Referrals per week as bars stacked by `field` (discipline or source)."""
     return _base(
-        "New referrals per week, by discipline",
-        weekly["by_discipline"],
+        title,
+        values,
         mark={"type": "bar", "tooltip": True},
         encoding={
             "x": {
                 "field": "week",
                 "type": "ordinal",
                 "title": "Week starting",
-                "sort": weekly["weeks"],
-                "scale": {"domain": weekly["weeks"]},
+                "sort": weeks,
+                "scale": {"domain": weeks},
             },
             "y": {"field": "referrals", "type": "quantitative", "aggregate": "sum", "title": "Referrals"},
-            "color": {
-                "field": "discipline",
-                "type": "nominal",
-                "title": "Discipline",
-                "scale": {
-                    "domain": disciplines,
-                    "range": [DISCIPLINE_COLORS.get(d, "#9d9d9d") for d in disciplines],
-                },
-            },
+            "color": {"field": field, "type": "nominal", "title": label, **color},
             "tooltip": [
                 {"field": "week", "title": "Week starting"},
-                {"field": "discipline", "title": "Discipline"},
+                {"field": field, "title": label},
                 {"field": "referrals", "type": "quantitative", "aggregate": "sum", "title": "Referrals"},
             ],
         },
     )
 
 
+def referrals_by_discipline(weekly: dict[str, Any]) -> dict[str, Any]:
+    disciplines = weekly["disciplines"]
+    scale = {"domain": disciplines, "range": [DISCIPLINE_COLORS.get(d, "#9d9d9d") for d in disciplines]}
+    return _weekly_stacked(
+        "New referrals per week, by discipline",
+        weekly["by_discipline"],
+        weekly["weeks"],
+        "discipline",
+        "Discipline",
+        {"scale": scale},
+    )
+
+
 def referrals_by_source(weekly: dict[str, Any]) -> dict[str, Any]:
-    return _base(
+    return _weekly_stacked(
         "New referrals per week, by source",
         weekly["by_source"],
-        mark={"type": "bar", "tooltip": True},
-        encoding={
-            "x": {
-                "field": "week",
-                "type": "ordinal",
-                "title": "Week starting",
-                "sort": weekly["weeks"],
-                "scale": {"domain": weekly["weeks"]},
-            },
-            "y": {"field": "referrals", "type": "quantitative", "aggregate": "sum", "title": "Referrals"},
-            "color": {
-                "field": "source",
-                "type": "nominal",
-                "title": "Source",
-                "sort": weekly["sources"],
-                "scale": {"domain": weekly["sources"], "scheme": "tableau10"},
-            },
-            "tooltip": [
-                {"field": "week", "title": "Week starting"},
-                {"field": "source", "title": "Source"},
-                {"field": "referrals", "type": "quantitative", "aggregate": "sum", "title": "Referrals"},
-            ],
-        },
+        weekly["weeks"],
+        "source",
+        "Source",
+        {"sort": weekly["sources"], "scale": {"domain": weekly["sources"], "scheme": "tableau10"}},
     )
 
 

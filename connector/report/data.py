@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from connector.errors import ConfigError
+from connector.warehouse.claim_decisions import ADJUDICATED_OUTCOMES, COUNTED_DECISIONS
 
 #: Steps of the referral funnel, in order, with the `v_referral_funnel` column that counts each.
 FUNNEL_STEPS: tuple[tuple[str, str], ...] = (
@@ -370,16 +371,13 @@ def _prior_auth(
     }
 
 
-# Adjudicated lines per payer and month, counted as `v_denials_by_reason` counts them (decisions with
-# outcome complete / partial / error; an EOB explaining a ClaimResponse we hold is the same decision).
+# Adjudicated lines per payer and month, counted as `v_denials_by_reason` counts them (the same rule,
+# from connector.warehouse.claim_decisions).
 # Read here because that view only has rows for months with at least one denial: a payer's months
 # without denials would otherwise be missing from its denial rate's denominator.
-_ADJUDICATED_LINES = """SELECT a.endpoint, a.payer_key, a.created, a.line_count FROM claim_adjudication a
-WHERE a.outcome IN ('complete', 'partial', 'error')
-  AND NOT (a.resource_type = 'ExplanationOfBenefit' AND a.claim_response_ref IS NOT NULL AND EXISTS (
-    SELECT 1 FROM claim_adjudication r
-    WHERE r.endpoint = a.endpoint AND r.resource_type = 'ClaimResponse'
-      AND 'ClaimResponse/' || r.resource_id = a.claim_response_ref))"""
+_ADJUDICATED_LINES = f"""WITH {COUNTED_DECISIONS}
+SELECT a.endpoint, a.payer_key, a.created, a.line_count FROM eff a
+WHERE a.outcome IN {ADJUDICATED_OUTCOMES}"""
 
 
 def _denials(
