@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean chromium
+.PHONY: demo test lint install clean chromium bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ lint: $(STAMP)
 test: $(STAMP) chromium
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+# The benchmark of issue 11 (README, "Benchmark"); flags go in BENCH_ARGS, e.g. BENCH_ARGS="--quick".
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # The report's browser test needs Debian's chromium. Installed only on CI (CI=true), only when missing and
 # only as root; elsewhere this does nothing (the test then skips locally and says why).

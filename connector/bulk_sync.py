@@ -39,6 +39,7 @@ from connector.fhir.bulk import (
 from connector.fhir.capabilities import supports_bulk_export
 from connector.fhir.client import FhirClient
 from connector.fhir.http import outcome_text, url_path
+from connector.mapping_pool import page_mapper, pages_ahead
 from connector.pipeline import StreamResult, run_stream
 from connector.streams import Plan
 from connector.warehouse import bulk_state, state
@@ -268,6 +269,8 @@ class _Job:
                     batch_size=self.settings.warehouse.batch_size,
                     # The watermark is the manifest's transactionTime, set once every file is in.
                     commit_watermark=False,
+                    mapper=page_mapper(self.settings.runtime.mapping_workers()),
+                    pages_ahead=pages_ahead(self.settings.runtime.mapping_workers()),
                 )
         if result.status == "succeeded":
             await asyncio.to_thread(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -172,8 +173,8 @@ def _run_sync(
     resources: list[str],
     full_refresh: bool,
     json_out: bool,
-) -> tuple[list[dict[str, Any]], str | None]:
-    """Run the sync flow in this process; returns the stream summaries and the failure reason, if any."""
+) -> tuple[list[dict[str, Any]], str | None, float]:
+    """Run the sync flow in this process: the stream summaries, the failure reason (if any), wall seconds."""
     from connector.warehouse import state
     from connector.warehouse.engine import make_engine
     from flows.sync import sync_all  # Prefect is imported only by the commands that run flows.
@@ -182,6 +183,7 @@ def _run_sync(
     for name in endpoints:
         settings.endpoint(name)
     run_id = str(uuid.uuid4())
+    started = time.monotonic()
     with _progress(not json_out):
         flow_state = asyncio.run(
             sync_all(
@@ -193,6 +195,7 @@ def _run_sync(
                 return_state=True,
             )
         )
+    seconds = round(time.monotonic() - started, 3)
     reason = None
     if not flow_state.is_completed():
         exc = flow_state.result(raise_on_failure=False)
@@ -206,7 +209,16 @@ def _run_sync(
     except (ConnectorError, SQLAlchemyError):
         # The run never reached the warehouse (unreachable, not migrated): the reason says why.
         rows = []
-    return rows, reason
+    return rows, reason, seconds
+
+
+def _streams_seconds(rows: list[dict[str, Any]]) -> float | None:
+    spans = [
+        (r["started_at"], r["finished_at"]) for r in rows if r.get("started_at") and r.get("finished_at")
+    ]
+    if not spans:
+        return None
+    return round((max(end for _, end in spans) - min(start for start, _ in spans)).total_seconds(), 3)
 
 
 def _summary_table(rows: list[dict[str, Any]]) -> Table:
@@ -228,13 +240,23 @@ def _summary_table(rows: list[dict[str, Any]]) -> Table:
 def _sync_command(
     settings: Settings, endpoints: list[str], resources: list[str], full_refresh: bool, json_out: bool
 ) -> list[dict[str, Any]]:
-    rows, reason = _guard(
+    rows, reason, seconds = _guard(
         lambda: _run_sync(
             settings, endpoints=endpoints, resources=resources, full_refresh=full_refresh, json_out=json_out
         )
     )
     if json_out:
-        _print_json({"streams": rows, "status": "failed" if reason else "succeeded", "error": reason})
+        _print_json(
+            {
+                "streams": rows,
+                "status": "failed" if reason else "succeeded",
+                "error": reason,
+                # The flow's wall time (Prefect's start-up included), and the streams' own: from the first
+                # stream's start to the last one's end.
+                "seconds": seconds,
+                "streams_seconds": _streams_seconds(rows),
+            }
+        )
     else:
         out.print(_summary_table(rows))
     if reason:
@@ -557,7 +579,7 @@ def deadletters_replay(
                 endpoint=endpoint,
                 ids=ids,
                 batch_size=settings.warehouse.batch_size,
-                options={e.name: e.mapping.options() for e in settings.endpoints},
+                options={e.name: e.mapping_options() for e in settings.endpoints},
             )
         finally:
             engine.dispose()

@@ -218,11 +218,12 @@ class MappingSettings(_Strict):
             )
         return list(dict.fromkeys(value))
 
-    def options(self) -> MappingOptions:
+    def options(self, validation: str = "strict") -> MappingOptions:
         return MappingOptions(
             discipline_codes=dict(self.discipline_codes),
             intake_required=tuple(self.intake_required),
             keep_subscriber_id=self.keep_subscriber_id,
+            validation=validation,
         )
 
 
@@ -248,6 +249,10 @@ class EndpointSettings(_Strict):
     #: `auto` asks the CapabilityStatement; `last-updated`, `date-param` or `full` force a mode.
     incremental: Literal["auto", "last-updated", "date-param", "full"] = "auto"
     verify_tls: bool = True
+    #: strict: each resource is validated in full against the FHIR R4 models; mapped: only the elements
+    #: the mappers read (plus resourceType, id and meta), several times faster. Either way an invalid
+    #: resource goes to dead_letter.
+    validation: Literal["strict", "mapped"] = "strict"
     max_connections: int = Field(default=4, ge=1, le=64)
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
@@ -389,6 +394,10 @@ class EndpointSettings(_Strict):
     def is_server(self) -> bool:
         return self.base_url is not None
 
+    def mapping_options(self) -> MappingOptions:
+        """What the mappers of this endpoint are told: its `[mapping]` table and its validation level."""
+        return self.mapping.options(self.validation)
+
 
 class WarehouseSettings(_Strict):
     url: str = "sqlite:///warehouse.db"
@@ -414,6 +423,9 @@ class RuntimeSettings(_Strict):
     task_runner: Literal["threads", "processes", "dask"] = "threads"
     #: tcp://scheduler:8786 of an existing Dask cluster; only with task_runner = "dask".
     dask_address: str | None = None
+    #: Processes that validate and map pages (shared by the streams of a process); unset means one per
+    #: core with the threads runner, 0 maps in the stream's own process.
+    map_workers: int | None = Field(default=None, ge=0, le=64)
     #: Stream (or backfill window) tasks of one endpoint running at once: EMRs rate-limit per client.
     max_parallel_streams: int = Field(default=4, ge=1, le=64)
     #: Per-endpoint override of `max_parallel_streams`, by endpoint name.
@@ -440,6 +452,13 @@ class RuntimeSettings(_Strict):
 
     def parallel_streams(self, endpoint: str) -> int:
         return self.endpoint_parallel_streams.get(endpoint, self.max_parallel_streams)
+
+    def mapping_workers(self) -> int | None:
+        """`map_workers`, or when unset: one per core (None) with threads, none under the process and
+        Dask runners, whose tasks already run in processes of their own."""
+        if self.map_workers is not None:
+            return self.map_workers
+        return None if self.task_runner == "threads" else 0
 
 
 class Settings(_Strict):
@@ -598,6 +617,7 @@ schedule = "*/15 * * * *"                  # cron, used by `connector serve`
 page_size = 200                            # _count per search page
 overlap_seconds = 60                       # re-read this much before the watermark (duplicates are harmless)
 incremental = "auto"                       # auto | last-updated | date-param | full
+validation = "strict"                      # strict: whole resources (FHIR R4); mapped: what is mapped, faster
 # verify_tls = false                       # only for a test server with a self-signed certificate
 
 # Write back to the EMR (off by default): a Task per new referral, a MeasureReport per week.
@@ -647,6 +667,7 @@ algorithm = "RS384"                        # RS384 | ES384
 # endpoint_parallel_streams = { "clinic-emr" = 2 }
 # backfill_windows = 4                     # a first sync is split into this many _lastUpdated windows
 # backfill_min_resources = 10000           # ... when the server counts at least this many resources
+# map_workers = 2                          # processes validating and mapping pages; default one per core
 
 # A folder of Bulk Data NDJSON files (*.ndjson, *.ndjson.gz) instead of a server:
 # [[endpoints]]

@@ -10,13 +10,15 @@ servers make unsafe: see `WatermarkTracker`).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy.engine import Engine
 
 from connector.config import EndpointSettings
@@ -27,11 +29,12 @@ from connector.progress import sink
 from connector.pushback.intents import intents
 from connector.streams import Plan
 from connector.warehouse import state
-from connector.warehouse.writer import PageWrite, Reject, content_hash, write_page
+from connector.warehouse.upsert import JsonText
+from connector.warehouse.writer import PageWrite, Reject, write_page
 from mappings.elements import parse_fhir_datetime, resource_meta
 from mappings.registry import map_resource
 from mappings.types import MapContext, MappingOptions
-from mappings.validate import MAX_DEPTH, too_deep
+from mappings.validate import MAX_DEPTH, resource_label, too_deep
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,8 @@ class MappedPage:
     values: list[datetime] = field(default_factory=list)
     #: Resources marked entered-in-error: (resource_type, resource_id, when).
     deletions: list[tuple[str, str, datetime]] = field(default_factory=list)
+    #: Resources skipped because they are stored exactly so already (see `map_resources(known=...)`).
+    unchanged: int = 0
 
 
 class WatermarkTracker:
@@ -154,6 +159,10 @@ def _reject_payload(resource: Any) -> dict[str, Any]:
     """What a dead letter keeps: the resource, unless it nests too deep for the JSON encoders to store."""
     if too_deep(resource, MAX_DEPTH):
         return {"id": _reject_id(resource), "note": f"not kept: nested more than {MAX_DEPTH} levels deep"}
+    try:
+        orjson.dumps(resource)
+    except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits
+        return {"id": _reject_id(resource), "note": "not kept: not storable as JSON"}
     return resource if isinstance(resource, dict) else {"value": resource}
 
 
@@ -165,27 +174,41 @@ def map_resources(
     *,
     date_element: str | None = None,
     options: MappingOptions | None = None,
+    known: Mapping[str, str] | None = None,
 ) -> MappedPage:
     """Validate and map one page of resources; invalid ones become rejects, the rest raw + mapped rows.
 
+    `known` maps resource ids to the content hash already stored: a resource stored exactly so is
+    counted in `unchanged` and otherwise only moves the cursor (no validation, mapping or write).
     Pure apart from the CPU: no I/O, no clock (the sync time is passed in).
     """
     ctx = MapContext(endpoint=endpoint, synced_at=synced_at, options=options or MappingOptions())
     out = MappedPage()
     for resource in resources:
+        canonical: bytes | None = None
         try:
+            if known and isinstance(resource, dict) and resource.get("id") in known:
+                canonical = _canonical(resource)
+                if hashlib.sha256(canonical).hexdigest() == known[resource["id"]]:
+                    out.unchanged += 1
+                    _advance_cursor(out, resource, date_element)
+                    continue
             if not isinstance(resource, dict) or resource.get("resourceType") != resource_type:
                 found = (
                     resource.get("resourceType") if isinstance(resource, dict) else type(resource).__name__
                 )
                 raise MappingError(f"expected a {resource_type}, got {found!r}")
-            records = map_resource(resource, ctx)
+            records = _map_one(resource, ctx)
             rtype, rid, version_id, last_updated, _ = resource_meta(resource)
             erased = resource.get("status") == "entered-in-error"
             if erased:
                 # Recorded in error: kept raw as deleted, and out of every mapped table and view.
                 records = {}
                 out.deletions.append((rtype, rid, last_updated or synced_at))
+            # Serialized once, here (in a mapping worker when there is one): the hash is taken of the
+            # same canonical bytes that are stored.
+            if canonical is None:
+                canonical = _canonical(resource)
         except MappingError as exc:
             out.rejects.append(
                 Reject(
@@ -204,8 +227,8 @@ def map_resources(
                     "resource_id": rid,
                     "version_id": version_id,
                     "last_updated": last_updated,
-                    "content_hash": content_hash(resource),
-                    "payload": resource,
+                    "content_hash": hashlib.sha256(canonical).hexdigest(),
+                    "payload": JsonText(canonical.decode()),
                     "deleted": erased,
                     "deleted_at": (last_updated or synced_at) if erased else None,
                 }
@@ -213,12 +236,37 @@ def map_resources(
             for table, rows in records.items():
                 out.mapped.setdefault(table, []).extend(rows)
         # Rejected resources are committed too (to dead_letter), so they count for the watermark.
-        cursor = _cursor(resource, date_element) if isinstance(resource, dict) else None
-        if cursor is not None:
-            out.values.append(cursor[1])
-            if out.newest is None or cursor[1] > out.newest[1]:
-                out.newest = cursor
+        _advance_cursor(out, resource, date_element)
     return out
+
+
+def _canonical(resource: dict[str, Any]) -> bytes:
+    """The resource as canonical JSON (sorted keys): what is stored and hashed."""
+    try:
+        return orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:  # an integer beyond 64 bits, nesting beyond orjson's limit
+        raise MappingError(
+            f"{resource_label(resource)}: cannot store the resource: {type(exc).__name__}"
+        ) from None
+
+
+def _map_one(resource: dict[str, Any], ctx: MapContext) -> dict[str, list[dict[str, Any]]]:
+    """`map_resource`, with a mapper tripping over a shape validation let through as a dead letter."""
+    try:
+        return map_resource(resource, ctx)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:
+        # Validation accepts some odd shapes (an element given as a JSON string, say) that a mapper
+        # does not expect: the resource is not mappable, the run goes on.
+        log.warning("%s: a mapper failed with %s", resource_label(resource), type(exc).__name__)
+        raise MappingError(f"{resource_label(resource)}: cannot map: {type(exc).__name__}") from None
+
+
+def _advance_cursor(out: MappedPage, resource: Any, date_element: str | None) -> None:
+    cursor = _cursor(resource, date_element) if isinstance(resource, dict) else None
+    if cursor is not None:
+        out.values.append(cursor[1])
+        if out.newest is None or cursor[1] > out.newest[1]:
+            out.newest = cursor
 
 
 def search_params(
@@ -244,6 +292,34 @@ def _fhir_instant(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+@dataclass(frozen=True, slots=True)
+class MapJob:
+    """One page to validate and map, with what the mapping needs besides the resources."""
+
+    endpoint: str
+    resource_type: str
+    page: Page
+    synced_at: datetime
+    date_element: str | None
+    options: MappingOptions
+    #: Resource id -> content hash already stored, for the resources of the page that are stored.
+    known: Mapping[str, str] | None = None
+
+
+#: Validates and maps one page: `map_inline`, or a process pool's (see `connector.mapping_pool`).
+PageMapper = Callable[[MapJob], Awaitable[MappedPage]]
+
+
+async def map_inline(job: MapJob) -> MappedPage:
+    """Map the page in this process (small pages, tests, or no worker processes configured)."""
+    return map_page(job)
+
+
+#: Pages mapped ahead of the one being written: enough to keep every worker busy, few enough that
+#: memory stays flat however long the stream.
+MAX_PAGES_AHEAD = 4
+
+
 async def run_stream(
     *,
     engine: Engine,
@@ -254,8 +330,18 @@ async def run_stream(
     synced_at: datetime,
     batch_size: int,
     commit_watermark: bool = True,
+    mapper: PageMapper = map_inline,
+    pages_ahead: int = 2,
+    skip_unchanged: bool = False,
 ) -> StreamResult:
     """Load every page of one stream; records the run in `sync_run`; never raises for bad resources.
+
+    Fetching, mapping and writing overlap: while page k is written (one transaction), the pages after it
+    are mapped (`mapper`, possibly in worker processes) and fetched, at most `pages_ahead` of them.
+    Pages are still written in order, so the last one alone carries the watermark.
+
+    With `skip_unchanged` (incremental runs), resources stored exactly so already (the overlap before the
+    watermark, a server resending what did not change) are counted as fetched and not mapped again.
 
     With `commit_watermark=False` the watermark is left alone and only reported in `result.watermark`:
     a backfill window's end is not where the next run may start until every earlier window finished,
@@ -265,35 +351,43 @@ async def run_stream(
     result = StreamResult(endpoint.name, rt, plan.mode)
     started = time.monotonic()
     run_pk = await asyncio.to_thread(state.start_run, engine, run_id, endpoint.name, rt)
-    options = endpoint.mapping.options()
+    options = endpoint.mapping_options()
     progress = sink()
     progress.stream_started(endpoint.name, rt)
     tracker = WatermarkTracker(plan.mode)
+    ahead: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max(1, min(pages_ahead, MAX_PAGES_AHEAD)))
+
+    async def produce() -> None:
+        try:
+            async for page in pages:
+                known = await _stored_hashes(engine, endpoint.name, rt, page) if skip_unchanged else None
+                job = MapJob(endpoint.name, rt, page, synced_at, plan.date_element, options, known)
+                await ahead.put((page, asyncio.ensure_future(mapper(job))))
+        except Exception as exc:  # handed to the consumer, which writes the pages before it first
+            await ahead.put(_Failed(exc))
+        else:
+            await ahead.put(None)
+
+    producer = asyncio.create_task(produce())
     try:
-        page_iter = aiter(pages)
-        page = await anext(page_iter, None)
-        while page is not None:
-            # Fetch the next page while this one is mapped and written: knowing whether this page is the
-            # last decides whether its transaction carries the watermark.
-            following = asyncio.ensure_future(anext(page_iter, None))
-            try:
-                mapped = _map_page(endpoint.name, rt, page, synced_at, plan.date_element, options)
-                tracker.observe(page.bundle_last_updated, mapped)
-                try:
-                    next_page = await following
-                except BaseException:
-                    # Keep what this page holds; the watermark stays where it was.
-                    await _write(engine, endpoint, rt, plan, mapped, None, batch_size, result, page)
-                    raise
-            except BaseException:
-                following.cancel()
-                raise
-            watermark = tracker.safe() if next_page is None else None
+        item = await ahead.get()
+        while item is not None:
+            if isinstance(item, _Failed):
+                raise item.error
+            page, mapping = item
+            mapped = await mapping
+            tracker.observe(page.bundle_last_updated, mapped)
+            following = await ahead.get()
+            if isinstance(following, _Failed):
+                # Keep what this page holds; the watermark stays where it was.
+                await _write(engine, endpoint, rt, plan, mapped, None, batch_size, result, page)
+                raise following.error
+            watermark = tracker.safe() if following is None else None
             committed = watermark if commit_watermark else None
             await _write(engine, endpoint, rt, plan, mapped, committed, batch_size, result, page)
             if watermark is not None:
                 result.watermark = watermark[0]
-            page = next_page
+            item = following
     except (ConnectorError, OSError) as exc:
         result.status = "failed"
         result.error = _one_line(exc)
@@ -308,6 +402,7 @@ async def run_stream(
     else:
         result.status = "succeeded"
     finally:
+        await _stop(producer, ahead)
         result.seconds = round(time.monotonic() - started, 3)
         try:
             await asyncio.to_thread(
@@ -338,6 +433,34 @@ async def run_stream(
     return result
 
 
+async def _stored_hashes(engine: Engine, endpoint: str, rt: str, page: Page) -> dict[str, str]:
+    ids = [r["id"] for r in page.resources if isinstance(r, dict) and isinstance(r.get("id"), str)]
+    if not ids:
+        return {}
+    return await asyncio.to_thread(state.stored_hashes, engine, endpoint, rt, ids)
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """Fetching (or the page source) failed: raised by the consumer after the pages before it."""
+
+    error: Exception
+
+
+_Item = tuple[Page, "asyncio.Future[MappedPage]"] | _Failed | None
+
+
+async def _stop(producer: asyncio.Task[None], ahead: asyncio.Queue[_Item]) -> None:
+    """Stop fetching, and wait for pages still being mapped (a worker's result must not go astray)."""
+    producer.cancel()
+    await asyncio.gather(producer, return_exceptions=True)
+    while not ahead.empty():
+        item = ahead.get_nowait()
+        if isinstance(item, tuple):
+            item[1].cancel()
+            await asyncio.gather(item[1], return_exceptions=True)
+
+
 def map_included(
     endpoint: str,
     resources: Sequence[dict[str, Any]],
@@ -359,26 +482,50 @@ def map_included(
     return out
 
 
-def _map_page(
+def map_lists(
     endpoint: str,
     rt: str,
-    page: Page,
+    resources: Sequence[Any],
+    included: Sequence[dict[str, Any]],
     synced_at: datetime,
     date_element: str | None,
     options: MappingOptions,
+    known: Mapping[str, str] | None = None,
 ) -> MappedPage:
+    """A page's matches and `_include`d resources, validated and mapped (pure; runs in workers)."""
     mapped = map_resources(
-        endpoint, rt, page.resources, synced_at, date_element=date_element, options=options
+        endpoint, rt, resources, synced_at, date_element=date_element, options=options, known=known
     )
-    if isinstance(page, NdjsonPage):
+    mapped.fetched = len(resources)
+    mapped.included = map_included(endpoint, included, synced_at, options)
+    return mapped
+
+
+def add_bad_lines(job: MapJob, mapped: MappedPage) -> MappedPage:
+    """NDJSON lines that were not JSON objects become dead letters too, and count as fetched."""
+    page = job.page
+    if isinstance(page, NdjsonPage) and page.bad_lines:
         mapped.rejects.extend(
-            Reject(endpoint, rt, None, bad.error, {"line": bad.location, "text": bad.text})
+            Reject(job.endpoint, job.resource_type, None, bad.error, {"line": bad.location, "text": bad.text})
             for bad in page.bad_lines
         )
-    mapped.fetched = len(page.resources) + (len(page.bad_lines) if isinstance(page, NdjsonPage) else 0)
-    extra = map_included(endpoint, page.included, synced_at, options)
-    mapped.included = extra
+        mapped.fetched += len(page.bad_lines)
     return mapped
+
+
+def map_page(job: MapJob) -> MappedPage:
+    page = job.page
+    mapped = map_lists(
+        job.endpoint,
+        job.resource_type,
+        page.resources,
+        page.included,
+        job.synced_at,
+        job.date_element,
+        job.options,
+        job.known,
+    )
+    return add_bad_lines(job, mapped)
 
 
 async def _write(

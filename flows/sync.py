@@ -31,6 +31,7 @@ from connector.fhir.client import FhirClient
 from connector.fhir.history import deleted_since, supports_history
 from connector.fhir.ndjson import NdjsonSource
 from connector.fhir.page import Page
+from connector.mapping_pool import page_mapper, pages_ahead
 from connector.pipeline import StreamResult, run_stream
 from connector.pushback.run import push_round, queue_metrics
 from connector.streams import Plan, plan_stream, stream_for
@@ -143,6 +144,7 @@ async def sync_stream(job: StreamJob) -> dict[str, Any]:
     plan = job.plan
     async with _stream_resources(job) as (settings, endpoint, engine), AsyncExitStack() as stack:
         pages: AsyncIterator[Page]
+        incremental = False
         if endpoint.is_server:
             client = await stack.enter_async_context(FhirClient(endpoint))
             watermark_at = None
@@ -150,6 +152,8 @@ async def sync_stream(job: StreamJob) -> dict[str, Any]:
                 _, watermark_at = await asyncio.to_thread(
                     state.get_watermark, engine, endpoint.name, plan.resource_type
                 )
+            # After the first run, the overlap before the watermark is mostly resources stored already.
+            incremental = watermark_at is not None
             params = window_params(plan, endpoint, job.window, watermark_at)
             pages = client.search(plan.resource_type, params)
         else:
@@ -165,6 +169,9 @@ async def sync_stream(job: StreamJob) -> dict[str, Any]:
             batch_size=settings.warehouse.batch_size,
             # A window's end is only safe once every earlier window finished: the flow decides.
             commit_watermark=job.window is None,
+            mapper=page_mapper(settings.runtime.mapping_workers()),
+            pages_ahead=pages_ahead(settings.runtime.mapping_workers()),
+            skip_unchanged=incremental,
         )
     if result.status != "succeeded":
         raise StreamFailed(result, transient=result.transient)

@@ -29,7 +29,7 @@ from importlib import resources
 from typing import Any
 
 from connector.errors import MappingError
-from mappings.elements import coding, parse_fhir_datetime, reference, reference_type, resource_meta
+from mappings.elements import coding, parse_fhir_datetime, reference, reference_and_type, resource_meta
 from mappings.referral import content_hash
 from mappings.types import MapContext, MappedRecords
 
@@ -100,6 +100,7 @@ _AMOUNT_KINDS: dict[str, str] = {
 }
 # CARIN discriminator categories carry a status in `reason`, not an adjustment reason.
 _STATUS_CATEGORIES = frozenset({"benefitpaymentstatus", "billingnetworkstatus", "renderingnetworkstatus"})
+_ZERO = Decimal(0)
 _ADJUDICATED_OUTCOMES = frozenset({"complete", "partial", "error"})
 _DISPOSITION_MAX = 200
 
@@ -212,14 +213,27 @@ def _money(value: Any) -> Decimal | None:
         return None
 
 
+def _amount_kind(codes: list[str]) -> str | None:
+    """The amount kind of the first category code that has one."""
+    for code in codes:
+        kind = _AMOUNT_KINDS.get(code)
+        if kind is not None:
+            return kind
+    return None
+
+
 def _category_codes(adjudication: dict[str, Any]) -> list[str]:
     concept = adjudication.get("category")
     if not isinstance(concept, dict):
         return []
-    return [c["code"] for c in concept.get("coding") or () if isinstance(c, dict) and c.get("code")]
+    codes = []
+    for item in concept.get("coding") or ():  # a loop: cheaper than a comprehension for one or two codings
+        if isinstance(item, dict) and item.get("code"):
+            codes.append(item["code"])
+    return codes
 
 
-@dataclass
+@dataclass(slots=True)
 class LineFacts:
     """What the adjudications of one line (item, added item or the claim header) say."""
 
@@ -235,21 +249,24 @@ class LineFacts:
             if not isinstance(adj, dict):
                 continue
             cats = _category_codes(adj)
-            if any(c in _STATUS_CATEGORIES for c in cats):
+            if not _STATUS_CATEGORIES.isdisjoint(cats):
                 if "benefitpaymentstatus" in cats:
                     status = coding(adj.get("reason"), CARIN_PAYMENT_STATUS)[1]
                     if status in {"paid", "denied", "partiallypaid"}:
                         self.payment_status = status
                 continue
-            reasons, remarks = _reasons_of(adj.get("reason"), _group_from_extensions(adj))
-            self.reasons.extend(r for r in reasons if r not in self.reasons)
-            self.remarks.extend(r for r in remarks if r not in self.remarks)
+            reason = adj.get("reason")
+            group = _group_from_extensions(adj)
+            if isinstance(reason, dict):  # most adjudications carry an amount only
+                reasons, remarks = _reasons_of(reason, group)
+                self.reasons.extend(r for r in reasons if r not in self.reasons)
+                self.remarks.extend(r for r in remarks if r not in self.remarks)
             amount = _money(adj.get("amount"))
             if not amounts or amount is None:
                 continue
-            kind = next((_AMOUNT_KINDS[c] for c in cats if c in _AMOUNT_KINDS), None)
+            kind = _amount_kind(cats)
             if kind is not None:
-                self.amounts[kind] = self.amounts.get(kind, Decimal(0)) + amount
+                self.amounts[kind] = self.amounts.get(kind, _ZERO) + amount
 
     @property
     def benefit(self) -> Decimal | None:
@@ -340,7 +357,7 @@ def _line_key(kind: str, index: int) -> str:
     return f"{kind}-{index}"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Line:
     key: str
     item_sequence: int | None
@@ -370,7 +387,8 @@ def _lines(resource: dict[str, Any]) -> list[_Line]:
             facts.add(detail.get("adjudication"), amounts=not facts.amounts)
             for sub in detail.get("subDetail") or ():
                 facts.add(sub.get("adjudication"), amounts=False)
-        lines[_line_key("item", seq)] = _Line(_line_key("item", seq), seq, _product(item), facts)
+        key = _line_key("item", seq)
+        lines[key] = _Line(key, seq, _product(item), facts)
     for position, added in enumerate(resource.get("addItem") or (), start=1):
         facts = LineFacts()
         facts.add(added.get("adjudication"))
@@ -406,17 +424,21 @@ def _header_denied(resource: dict[str, Any], header: LineFacts, lines: list[_Lin
     return header.payment_status == "denied"
 
 
-def _total(resource: dict[str, Any], kind: str) -> Decimal | None:
+def _totals(resource: dict[str, Any]) -> dict[str, Decimal]:
+    """Amount kind -> the sum of the `total` entries of that kind (read once for every kind)."""
     total = resource.get("total")
+    sums: dict[str, Decimal] = {}
     if isinstance(total, dict):  # Claim.total is Money; ClaimResponse / EOB.total is a list
-        return None
-    found: Decimal | None = None
+        return sums
     for entry in total or ():
         codes = _category_codes(entry)
         amount = _money(entry.get("amount"))
-        if amount is not None and any(_AMOUNT_KINDS.get(c) == kind for c in codes):
-            found = (found or Decimal(0)) + amount
-    return found
+        if amount is None:
+            continue
+        # An entry counts once per kind, however many of its codes name that kind.
+        for kind in {_AMOUNT_KINDS[c] for c in codes if c in _AMOUNT_KINDS}:
+            sums[kind] = (sums.get(kind) or Decimal(0)) + amount
+    return sums
 
 
 def map_adjudication(resource: dict[str, Any], ctx: MapContext) -> MappedRecords:
@@ -435,8 +457,8 @@ def map_adjudication(resource: dict[str, Any], ctx: MapContext) -> MappedRecords
 def _claim_reference(resource: dict[str, Any], rtype: str) -> tuple[str | None, str | None]:
     """(Claim/id, identifier token) of the claim this response decides on."""
     ref = resource.get("request" if rtype == "ClaimResponse" else "claim")
-    literal = reference(ref)
-    if literal is not None and reference_type(ref) not in (None, "Claim"):
+    literal, target_type = reference_and_type(ref)
+    if literal is not None and target_type not in (None, "Claim"):
         raise MappingError(
             f"{'request' if rtype == 'ClaimResponse' else 'claim'}: does not reference a Claim"
         )
@@ -461,10 +483,10 @@ def _map(
     payment = resource.get("payment") if isinstance(resource.get("payment"), dict) else {}
     header = LineFacts()
     header.add(resource.get("adjudication"))
+    totals = _totals(resource)
     for kind in ("submitted", "eligible", "benefit", "paid"):  # header amounts fall back to the totals
-        total = _total(resource, kind)
-        if kind not in header.amounts and total is not None:
-            header.amounts[kind] = total
+        if kind not in header.amounts and kind in totals:
+            header.amounts[kind] = totals[kind]
     lines = _lines(resource)
     header_denied = _header_denied(resource, header, lines)
     if not lines and (header.adjudicated or header_denied):
@@ -512,41 +534,41 @@ def _map(
     amounts = [Decimal(str(d["denied_amount"])) for d in denials if d["denied_amount"] is not None]
     total_denied = sum(amounts, Decimal(0)) if amounts else None
     outcome_code = resource.get("outcome")
-    benefit_total = _total(resource, "benefit")
+    benefit_total = totals.get("benefit")
     if benefit_total is None:
-        benefit_total = _total(resource, "paid")
+        benefit_total = totals.get("paid")
     payment_type = coding(payment.get("type"))[1]
-    adjudication_row = {
-        **common,
-        "status": resource.get("status"),
-        "outcome": outcome_code,
-        "disposition": disposition,
-        "claim_ref": claim_ref,
-        "claim_identifier": claim_identifier,
-        "claim_key": claim_key,
-        "claim_response_ref": reference(resource.get("claimResponse")) if rtype != "ClaimResponse" else None,
-        "patient_ref": reference(resource.get("patient")),
-        "insurer_ref": reference(insurer),
-        "payer_key": payer,
-        "provider_ref": reference(resource.get("requestor" if rtype == "ClaimResponse" else "provider")),
-        "created": created,
-        "payment_type": payment_type,
-        "payment_date": parse_fhir_datetime(payment.get("date"), "payment.date"),
-        "payment_amount": _float(_money(payment.get("amount"))),
-        "submitted_amount": _float(_total(resource, "submitted")),
-        "benefit_amount": _float(benefit_total),
-        "denied_amount": _float(total_denied),
-        "line_count": adjudicated,
-        "denied_line_count": len(denials),
-        "paid_in_full": (
-            adjudicated > 0
-            and outcome_code in _ADJUDICATED_OUTCOMES
-            and outcome_code != "error"
-            and not denials
-            and payment_type not in {"denied", "partiallypaid"}
-        ),
-    }
-    return {"claim_adjudication": [adjudication_row], "denial": denials}
+    # Rows are filled in place, from a copy of the key columns: a {**key, ...} literal would insert every
+    # column twice, and rows are built for every resource.
+    row = dict(common)
+    row["status"] = resource.get("status")
+    row["outcome"] = outcome_code
+    row["disposition"] = disposition
+    row["claim_ref"] = claim_ref
+    row["claim_identifier"] = claim_identifier
+    row["claim_key"] = claim_key
+    row["claim_response_ref"] = reference(resource.get("claimResponse")) if rtype != "ClaimResponse" else None
+    row["patient_ref"] = reference(resource.get("patient"))
+    row["insurer_ref"] = reference(insurer)
+    row["payer_key"] = payer
+    row["provider_ref"] = reference(resource.get("requestor" if rtype == "ClaimResponse" else "provider"))
+    row["created"] = created
+    row["payment_type"] = payment_type
+    row["payment_date"] = parse_fhir_datetime(payment.get("date"), "payment.date")
+    row["payment_amount"] = _float(_money(payment.get("amount")))
+    row["submitted_amount"] = _float(totals.get("submitted"))
+    row["benefit_amount"] = _float(benefit_total)
+    row["denied_amount"] = _float(total_denied)
+    row["line_count"] = adjudicated
+    row["denied_line_count"] = len(denials)
+    row["paid_in_full"] = (
+        adjudicated > 0
+        and outcome_code in _ADJUDICATED_OUTCOMES
+        and outcome_code != "error"
+        and not denials
+        and payment_type not in {"denied", "partiallypaid"}
+    )
+    return {"claim_adjudication": [row], "denial": denials}
 
 
 def _denial_row(
@@ -571,29 +593,28 @@ def _denial_row(
         else ("non_covered" if facts.amounts.get("noncovered", 0) > 0 else "other")
     )
     carcs = [r for r in facts.errors + facts.reasons if r.system == "carc"]
-    return {
-        **common,
-        "line_key": line.key,
-        "item_sequence": line.item_sequence,
-        "product_code": line.product_code,
-        "claim_ref": claim_ref,
-        "claim_identifier": claim_identifier,
-        "claim_key": claim_key,
-        "payer_key": payer,
-        "outcome": resource.get("outcome"),
-        "disposition": disposition,
-        "line_outcome": outcome,
-        "submitted_amount": _float(facts.amounts.get("submitted")),
-        "eligible_amount": _float(facts.amounts.get("eligible")),
-        "benefit_amount": _float(facts.benefit),
-        "denied_amount": _float(denied_amount(facts, outcome)),
-        "reason_system": primary.system if primary else None,
-        "reason_code": primary.code if primary else None,
-        "group_code": primary.group if primary else next((r.group for r in carcs if r.group), None),
-        "reason_known": primary.known if primary else False,
-        "reason_codes": [r.token for r in facts.errors + facts.reasons],
-        "remark_codes": list(facts.remarks),
-        "category": category,
-        "next_action": categories()[category].next_action,
-        "decided_at": created,
-    }
+    row = dict(common)
+    row["line_key"] = line.key
+    row["item_sequence"] = line.item_sequence
+    row["product_code"] = line.product_code
+    row["claim_ref"] = claim_ref
+    row["claim_identifier"] = claim_identifier
+    row["claim_key"] = claim_key
+    row["payer_key"] = payer
+    row["outcome"] = resource.get("outcome")
+    row["disposition"] = disposition
+    row["line_outcome"] = outcome
+    row["submitted_amount"] = _float(facts.amounts.get("submitted"))
+    row["eligible_amount"] = _float(facts.amounts.get("eligible"))
+    row["benefit_amount"] = _float(facts.benefit)
+    row["denied_amount"] = _float(denied_amount(facts, outcome))
+    row["reason_system"] = primary.system if primary else None
+    row["reason_code"] = primary.code if primary else None
+    row["group_code"] = primary.group if primary else next((r.group for r in carcs if r.group), None)
+    row["reason_known"] = primary.known if primary else False
+    row["reason_codes"] = [r.token for r in facts.errors + facts.reasons]
+    row["remark_codes"] = list(facts.remarks)
+    row["category"] = category
+    row["next_action"] = categories()[category].next_action
+    row["decided_at"] = created
+    return row

@@ -12,7 +12,7 @@ from typing import Any
 
 from connector.errors import MappingError
 from mappings.adjudication import payer_key
-from mappings.elements import CPT, coding, parse_fhir_datetime, reference, reference_type, resource_meta
+from mappings.elements import CPT, coding, parse_fhir_datetime, reference, reference_and_type, resource_meta
 from mappings.referral import content_hash
 from mappings.types import MapContext, MappedRecords
 
@@ -44,14 +44,17 @@ def _service_request_refs(resource: dict[str, Any]) -> list[str]:
     candidates: list[Any] = [resource.get("referral")]
     holders = [resource, *(item for item in resource.get("item") or () if isinstance(item, dict))]
     for holder in holders:
-        candidates.extend(
-            ext.get("valueReference") for ext in holder.get("extension") or () if isinstance(ext, dict)
-        )
-    candidates.extend(info.get("valueReference") for info in resource.get("supportingInfo") or ())
+        for ext in holder.get("extension") or ():
+            if isinstance(ext, dict):
+                candidates.append(ext.get("valueReference"))
+    for info in resource.get("supportingInfo") or ():
+        candidates.append(info.get("valueReference"))
     refs: list[str] = []
     for ref in candidates:
-        literal = reference(ref)
-        if literal and reference_type(ref) == "ServiceRequest" and literal not in refs:
+        if not isinstance(ref, dict):
+            continue  # most extensions and supportingInfo carry other values
+        literal, rtype = reference_and_type(ref)
+        if literal and rtype == "ServiceRequest" and literal not in refs:
             refs.append(literal)
     return refs
 
@@ -107,20 +110,19 @@ def _map(
         quantity = item.get("quantity") if isinstance(item.get("quantity"), dict) else {}
         period = item.get("servicedPeriod") if isinstance(item.get("servicedPeriod"), dict) else {}
         serviced = item.get("servicedDate") or period.get("start")
-        items.append(
-            {
-                **common,
-                "item_sequence": seq,
-                "product_system": system,
-                "product_code": code,
-                "product_display": display,
-                "modifiers": [c for m in item.get("modifier") or () for c in [coding(m)[1]] if c],
-                "quantity": float(quantity["value"]) if quantity.get("value") is not None else None,
-                "unit_price": _money(item.get("unitPrice")),
-                "net_amount": _money(item.get("net")),
-                "serviced_date": parse_fhir_datetime(serviced, "item.servicedDate"),
-            }
-        )
+        # Rows are filled in place, from a copy of the key columns: a {**key, ...} literal would insert every
+        # column twice, and rows are built for every resource.
+        row = dict(common)
+        row["item_sequence"] = seq
+        row["product_system"] = system
+        row["product_code"] = code
+        row["product_display"] = display
+        row["modifiers"] = [c for m in item.get("modifier") or () for c in [coding(m)[1]] if c]
+        row["quantity"] = float(quantity["value"]) if quantity.get("value") is not None else None
+        row["unit_price"] = _money(item.get("unitPrice"))
+        row["net_amount"] = _money(item.get("net"))
+        row["serviced_date"] = parse_fhir_datetime(serviced, "item.servicedDate")
+        items.append(row)
     billable = resource.get("billablePeriod") if isinstance(resource.get("billablePeriod"), dict) else {}
     # The claim this one replaces or corrects: relationship `prior` (or none given) first.
     related_claims = [r for r in resource.get("related") or () if reference(r.get("claim"))]
@@ -129,27 +131,25 @@ def _map(
     insurer = resource.get("insurer")
     total = resource.get("total")
     service_requests = _service_request_refs(resource)
-    claim_row = {
-        **common,
-        "status": resource.get("status"),
-        "claim_type": coding(resource.get("type"))[1],
-        "identifier": _identifier(resource),
-        "patient_ref": reference(resource.get("patient")),
-        "provider_ref": reference(resource.get("provider")),
-        "insurer_ref": reference(insurer),
-        "payer_key": payer_key(insurer),
-        "coverage_ref": _focal_coverage(resource),
-        "created": created,
-        "billable_start": parse_fhir_datetime(billable.get("start"), "billablePeriod.start"),
-        "billable_end": parse_fhir_datetime(billable.get("end"), "billablePeriod.end"),
-        "total_amount": _money(total) if isinstance(total, dict) else None,
-        "currency": total.get("currency") if isinstance(total, dict) else None,
-        "item_count": len(items),
-        "service_codes": [
-            f"{i['product_system'] or ''}|{i['product_code']}" for i in items if i["product_code"]
-        ],
-        "service_request_ref": service_requests[0] if service_requests else None,
-        "related_claim_ref": reference(related.get("claim")) if related else None,
-        "related_relationship": coding(related.get("relationship"))[1] if related else None,
-    }
+    claim_row = dict(common)
+    claim_row["status"] = resource.get("status")
+    claim_row["claim_type"] = coding(resource.get("type"))[1]
+    claim_row["identifier"] = _identifier(resource)
+    claim_row["patient_ref"] = reference(resource.get("patient"))
+    claim_row["provider_ref"] = reference(resource.get("provider"))
+    claim_row["insurer_ref"] = reference(insurer)
+    claim_row["payer_key"] = payer_key(insurer)
+    claim_row["coverage_ref"] = _focal_coverage(resource)
+    claim_row["created"] = created
+    claim_row["billable_start"] = parse_fhir_datetime(billable.get("start"), "billablePeriod.start")
+    claim_row["billable_end"] = parse_fhir_datetime(billable.get("end"), "billablePeriod.end")
+    claim_row["total_amount"] = _money(total) if isinstance(total, dict) else None
+    claim_row["currency"] = total.get("currency") if isinstance(total, dict) else None
+    claim_row["item_count"] = len(items)
+    claim_row["service_codes"] = [
+        f"{i['product_system'] or ''}|{i['product_code']}" for i in items if i["product_code"]
+    ]
+    claim_row["service_request_ref"] = service_requests[0] if service_requests else None
+    claim_row["related_claim_ref"] = reference(related.get("claim")) if related else None
+    claim_row["related_relationship"] = coding(related.get("relationship"))[1] if related else None
     return {"claim": [claim_row], "claim_item": items}

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime, time, timedelta, timezone
-from typing import Any
+from functools import lru_cache
+from typing import Any, TypeAlias
 
 from connector.errors import MappingError
 
@@ -30,9 +31,35 @@ _REFERENCE_RE = re.compile(
     r"(?:^|/)(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?/?$"
 )
 
+#: (resourceType, id, meta.versionId, meta.lastUpdated parsed, meta.lastUpdated as sent); see `resource_meta`.
+ResourceMeta: TypeAlias = tuple[str, str, str | None, datetime | None, str | None]
+
 SNOMED = "http://snomed.info/sct"
 CPT = "http://www.ama-assn.org/go/cpt"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+
+
+# The shapes nearly every server sends: a full date, or a full instant with seconds, an optional fraction
+# and an optional zone. ASCII only (a bare `\d` also matches other scripts' digits) and with hour, minute,
+# second and offset ranges limited, so whatever matches means the same to `datetime.fromisoformat` as to
+# the general parser below; everything else (partial dates, leap seconds, "24:00", odd offsets) takes
+# the general path.
+_COMMON_DATETIME_RE = re.compile(
+    r"\d{4}-\d{2}-\d{2}"
+    r"(?:T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,9})?(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)?)?",
+    re.ASCII,
+)
+# A literal reference that is exactly Type/id, the common case of `_REFERENCE_RE` (same character sets).
+_TYPE_ID_RE = re.compile(r"[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}")
+
+_NOT_A_DATETIME = "not a FHIR date/dateTime/instant"
+_INVALID_DATETIME = "not a valid date or time"
+
+#: Distinct texts remembered by the parsing caches: a page repeats the same dates and references (every
+#: lastUpdated is read by the pipeline and the mapper, patients recur). Only short texts are kept, so the
+#: caches stay small whatever a resource holds.
+_CACHE_SIZE = 4096
+_CACHED_TEXT_MAX = 256
 
 
 def parse_fhir_datetime(value: str | None, element: str = "dateTime") -> datetime | None:
@@ -43,9 +70,41 @@ def parse_fhir_datetime(value: str | None, element: str = "dateTime") -> datetim
     """
     if value is None:
         return None
-    match = _DATETIME_RE.fullmatch(value) if isinstance(value, str) else None
+    if not isinstance(value, str):
+        raise MappingError(f"{element}: {_NOT_A_DATETIME}")
+    parsed = _parse_cached(value) if len(value) <= _CACHED_TEXT_MAX else _parse_datetime_text(value)
+    if isinstance(parsed, str):
+        raise MappingError(f"{element}: {parsed}")
+    return parsed
+
+
+def _parse_datetime_text(text: str) -> datetime | str:
+    """The aware UTC datetime of `text`, or why it is not one."""
+    if _COMMON_DATETIME_RE.fullmatch(text):
+        try:
+            return _as_utc(datetime.fromisoformat(text))
+        except (ValueError, OverflowError):
+            pass  # day 31 in April and the like: the general path says which error
+    return _parse_general(text)
+
+
+# Datetimes are immutable, so one parsed value may be handed to every caller.
+_parse_cached = lru_cache(maxsize=_CACHE_SIZE)(_parse_datetime_text)
+
+
+def _as_utc(moment: datetime) -> datetime:
+    if moment.tzinfo is UTC:
+        return moment
+    if moment.tzinfo is None:  # a date, or a time sent without its (required) zone: read as UTC
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _parse_general(text: str) -> datetime | str:
+    """Any FHIR date shape, by its parts; the reason as text when it is not a valid one."""
+    match = _DATETIME_RE.fullmatch(text)
     if match is None:
-        raise MappingError(f"{element}: not a FHIR date/dateTime/instant")
+        return _NOT_A_DATETIME
     parts = match.groupdict()
     try:
         day = date(int(parts["year"]), int(parts["month"] or 1), int(parts["day"] or 1))
@@ -65,7 +124,7 @@ def parse_fhir_datetime(value: str | None, element: str = "dateTime") -> datetim
         return datetime.combine(day, clock, tzinfo=zone).astimezone(UTC)
     except (ValueError, OverflowError):
         # Month 13, day 31 in April, hour 25, or a year-1 date shifted below datetime.min.
-        raise MappingError(f"{element}: not a valid date or time") from None
+        return _INVALID_DATETIME
 
 
 def reference_type(ref: dict[str, Any] | None) -> str | None:
@@ -76,10 +135,10 @@ def reference_type(ref: dict[str, Any] | None) -> str | None:
     if isinstance(explicit, str) and explicit:
         # Reference.type may be a canonical URL of a StructureDefinition; its last segment is the type.
         return explicit.rsplit("/", 1)[-1]
-    literal = reference(ref)
-    if literal and not literal.startswith(("#", "urn:")):
-        return literal.split("/", 1)[0]
-    return None
+    literal = ref.get("reference")
+    if not isinstance(literal, str):
+        return None
+    return _read_literal(literal)[1]
 
 
 def reference(ref: dict[str, Any] | None) -> str | None:
@@ -94,18 +153,55 @@ def reference(ref: dict[str, Any] | None) -> str | None:
     if not isinstance(ref, dict):
         return None
     literal = ref.get("reference")
-    if not isinstance(literal, str) or not literal:
+    if not isinstance(literal, str):
         return None
+    return _read_literal(literal)[0]
+
+
+def reference_and_type(ref: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    """(`reference(ref)`, `reference_type(ref)`), reading the Reference once (mappers usually need both)."""
+    if not isinstance(ref, dict):
+        return None, None
+    literal = ref.get("reference")
+    target, literal_type = _read_literal(literal) if isinstance(literal, str) else (None, None)
+    explicit = ref.get("type")
+    if isinstance(explicit, str) and explicit:
+        return target, explicit.rsplit("/", 1)[-1]
+    return target, literal_type
+
+
+def reference_to(ref: dict[str, Any] | None, rtype: str) -> str | None:
+    """`reference(ref)` when the Reference points at a `rtype` (by its `type` or its literal), else None."""
+    target, found = reference_and_type(ref)
+    return target if found == rtype else None
+
+
+def _read_literal(literal: str) -> tuple[str | None, str | None]:
+    """(target, type) of a literal reference: what `reference` and `reference_type` return for it."""
+    # Most references recur (the same patient, coverage, requester on many resources): remember them.
+    return _literal_cached(literal) if len(literal) <= _CACHED_TEXT_MAX else _parse_literal(literal)
+
+
+def _parse_literal(literal: str) -> tuple[str | None, str | None]:
+    if not literal:
+        return None, None
     if literal.startswith("#"):
-        return literal
+        return literal, None  # a contained resource: its type is inside the resource, not in the text
     if literal.startswith(("urn:uuid:", "urn:oid:")):
-        return literal
+        return literal, None
     if "?" in literal:  # a conditional reference is a search the server resolves, not an id
-        return None
-    match = _REFERENCE_RE.search(literal)
-    if match is None:
-        return None
-    return f"{match['type']}/{match['id']}"
+        return None, None
+    if _TYPE_ID_RE.fullmatch(literal):
+        target = literal  # already Type/id: no history to drop, no base URL to strip
+    else:
+        match = _REFERENCE_RE.search(literal)
+        if match is None:
+            return None, None
+        target = f"{match['type']}/{match['id']}"
+    return target, target.split("/", 1)[0]
+
+
+_literal_cached = lru_cache(maxsize=_CACHE_SIZE)(_parse_literal)
 
 
 def coding(
@@ -138,7 +234,7 @@ def codes(concepts: list[dict[str, Any]] | None) -> list[str]:
     return tokens
 
 
-def resource_meta(resource: dict[str, Any]) -> tuple[str, str, str | None, datetime | None, str | None]:
+def resource_meta(resource: dict[str, Any]) -> ResourceMeta:
     """(resourceType, id, meta.versionId, meta.lastUpdated as aware UTC, meta.lastUpdated as sent).
 
     The raw text is kept next to the parsed value because it is what a server compares in `_lastUpdated`

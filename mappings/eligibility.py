@@ -20,7 +20,14 @@ from importlib import resources
 from typing import Any
 
 from connector.errors import MappingError
-from mappings.elements import coding, parse_fhir_datetime, reference, reference_type, resource_meta
+from mappings.elements import (
+    coding,
+    parse_fhir_datetime,
+    reference,
+    reference_and_type,
+    reference_to,
+    resource_meta,
+)
 from mappings.referral import content_hash
 from mappings.types import MapContext, MappedRecords
 from mappings.validate import resource_label
@@ -87,8 +94,7 @@ def payer_fields(resource: dict[str, Any], ref: dict[str, Any] | None) -> Payer:
     """The payer a Reference names; a `#contained` Organization lends its name and identifier."""
     if not isinstance(ref, dict):
         return Payer(None, None, None, None)
-    literal = reference(ref)
-    rtype = reference_type(ref)
+    literal, rtype = reference_and_type(ref)
     display = ref.get("display") if isinstance(ref.get("display"), str) else None
     identifier = _identifier_token(ref.get("identifier"))
     if literal and literal.startswith("#"):
@@ -123,7 +129,7 @@ def subscriber_id_hash(value: str) -> str:
 
 
 def _patient_ref(ref: dict[str, Any] | None) -> str | None:
-    return reference(ref) if reference_type(ref) == "Patient" else None
+    return reference_to(ref, "Patient")
 
 
 # -- Coverage -> eligibility ------------------------------------------------------------------------
@@ -150,13 +156,12 @@ def _class_tokens(resource: dict[str, Any]) -> list[str]:
 
 def map_coverage(resource: dict[str, Any], ctx: MapContext) -> MappedRecords:
     """Map a validated Coverage to one `eligibility` row."""
-    label = resource_label(resource)
     if resource.get("resourceType") != "Coverage":
-        raise MappingError(f"{label}: expected a Coverage")
+        raise MappingError(f"{resource_label(resource)}: expected a Coverage")
     try:
         return {"eligibility": [_eligibility_row(resource, ctx)]}
     except MappingError as exc:
-        raise MappingError(f"{label}: {exc}") from None
+        raise MappingError(f"{resource_label(resource)}: {exc}") from None
 
 
 def _eligibility_row(resource: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
@@ -171,30 +176,31 @@ def _eligibility_row(resource: dict[str, Any], ctx: MapContext) -> dict[str, Any
     period = resource.get("period") if isinstance(resource.get("period"), dict) else {}
     subscriber_id = resource.get("subscriberId")
     subscriber_id = subscriber_id if isinstance(subscriber_id, str) and subscriber_id.strip() else None
-    return {
-        **base_row(resource, ctx),
-        "status": resource.get("status"),
-        "type_code": coding(resource.get("type"))[1],
-        "patient_ref": _patient_ref(resource.get("beneficiary")),
-        "subscriber_id_hash": subscriber_id_hash(subscriber_id) if subscriber_id else None,
-        "subscriber_id": subscriber_id if subscriber_id and ctx.options.keep_subscriber_id else None,
-        "relationship": coding(resource.get("relationship"))[1],
-        "payer_key": payer.key,
-        "payor_ref": payer.ref,
-        "payor_type": payer.type,
-        "payor_display": payer.display,
-        "payor_identifier": payer.identifier,
-        "payor_refs": [ref for ref in (reference(p) for p in payors) if ref],
-        "plan_value": plan_value,
-        "plan_name": plan_name,
-        "group_value": group_value,
-        "group_name": group_name,
-        "classes": _class_tokens(resource),
-        "network": resource.get("network"),
-        "coverage_order": resource.get("order"),
-        "period_start": parse_fhir_datetime(period.get("start"), "period.start"),
-        "period_end": parse_fhir_datetime(period.get("end"), "period.end"),
-    }
+    # Rows are filled in place, starting from the key columns: a {**key, ...} literal would insert every
+    # column twice, and rows are built for every resource.
+    row = base_row(resource, ctx)
+    row["status"] = resource.get("status")
+    row["type_code"] = coding(resource.get("type"))[1]
+    row["patient_ref"] = _patient_ref(resource.get("beneficiary"))
+    row["subscriber_id_hash"] = subscriber_id_hash(subscriber_id) if subscriber_id else None
+    row["subscriber_id"] = subscriber_id if subscriber_id and ctx.options.keep_subscriber_id else None
+    row["relationship"] = coding(resource.get("relationship"))[1]
+    row["payer_key"] = payer.key
+    row["payor_ref"] = payer.ref
+    row["payor_type"] = payer.type
+    row["payor_display"] = payer.display
+    row["payor_identifier"] = payer.identifier
+    row["payor_refs"] = [ref for ref in (reference(p) for p in payors) if ref]
+    row["plan_value"] = plan_value
+    row["plan_name"] = plan_name
+    row["group_value"] = group_value
+    row["group_name"] = group_name
+    row["classes"] = _class_tokens(resource)
+    row["network"] = resource.get("network")
+    row["coverage_order"] = resource.get("order")
+    row["period_start"] = parse_fhir_datetime(period.get("start"), "period.start")
+    row["period_end"] = parse_fhir_datetime(period.get("end"), "period.end")
+    return row
 
 
 # -- CoverageEligibilityResponse -> eligibility_check ---------------------------------------------
@@ -246,13 +252,12 @@ def _authorization_required(items: list[dict[str, Any]]) -> bool | None:
 
 def map_eligibility_response(resource: dict[str, Any], ctx: MapContext) -> MappedRecords:
     """Map a validated CoverageEligibilityResponse to one `eligibility_check` row."""
-    label = resource_label(resource)
     if resource.get("resourceType") != "CoverageEligibilityResponse":
-        raise MappingError(f"{label}: expected a CoverageEligibilityResponse")
+        raise MappingError(f"{resource_label(resource)}: expected a CoverageEligibilityResponse")
     try:
         return {"eligibility_check": [_check_row(resource, ctx)]}
     except MappingError as exc:
-        raise MappingError(f"{label}: {exc}") from None
+        raise MappingError(f"{resource_label(resource)}: {exc}") from None
 
 
 def _serviced_at(resource: dict[str, Any]) -> datetime | None:
@@ -274,26 +279,25 @@ def _check_row(resource: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
     items = [item for ins in insurances for item in ins.get("item") or () if isinstance(item, dict)]
     insurer = payer_fields(resource, resource.get("insurer"))
     disposition = resource.get("disposition")
-    return {
-        **base_row(resource, ctx),
-        "status": resource.get("status"),
-        "outcome": resource.get("outcome"),
-        "purpose": [p for p in resource.get("purpose") or () if isinstance(p, str)],
-        "patient_ref": _patient_ref(resource.get("patient")),
-        "coverage_ref": coverage_refs[0] if coverage_refs else None,
-        "coverage_refs": coverage_refs,
-        "request_ref": reference(resource.get("request")),
-        "insurer_ref": insurer.ref,
-        "insurer_display": insurer.display,
-        "disposition": disposition if isinstance(disposition, str) else None,
-        "inforce": first.get("inforce"),
-        "verified_at": verified_at,
-        "serviced_at": _serviced_at(resource),
-        **_therapy_benefits(items),
-        "authorization_required": _authorization_required(items),
-        "error_codes": [
-            f"{system or ''}|{code}"
-            for system, code, _ in (coding(e.get("code")) for e in resource.get("error") or ())
-            if code
-        ],
-    }
+    row = base_row(resource, ctx)
+    row["status"] = resource.get("status")
+    row["outcome"] = resource.get("outcome")
+    row["purpose"] = [p for p in resource.get("purpose") or () if isinstance(p, str)]
+    row["patient_ref"] = _patient_ref(resource.get("patient"))
+    row["coverage_ref"] = coverage_refs[0] if coverage_refs else None
+    row["coverage_refs"] = coverage_refs
+    row["request_ref"] = reference(resource.get("request"))
+    row["insurer_ref"] = insurer.ref
+    row["insurer_display"] = insurer.display
+    row["disposition"] = disposition if isinstance(disposition, str) else None
+    row["inforce"] = first.get("inforce")
+    row["verified_at"] = verified_at
+    row["serviced_at"] = _serviced_at(resource)
+    row.update(_therapy_benefits(items))
+    row["authorization_required"] = _authorization_required(items)
+    row["error_codes"] = [
+        f"{system or ''}|{code}"
+        for system, code, _ in (coding(e.get("code")) for e in resource.get("error") or ())
+        if code
+    ]
+    return row

@@ -31,26 +31,44 @@ def _has_identity(ref: Any) -> bool:
     return bool(ref.get("reference")) or (isinstance(identifier, dict) and bool(identifier.get("value")))
 
 
+# The checks are plain loops rather than any(<generator>): they run for every referral, and creating a
+# generator costs more than scanning the lists (mostly of one or two items) takes.
+
+
+def _any_code(codings: Any) -> bool:
+    """Whether a list of Codings has one with a code."""
+    for item in codings or ():  # noqa: SIM110 - see above
+        if isinstance(item, dict) and item.get("code"):
+            return True
+    return False
+
+
+def _any_identity(refs: Any) -> bool:
+    for ref in refs or ():  # noqa: SIM110 - see above
+        if _has_identity(ref):
+            return True
+    return False
+
+
 def _has_diagnosis(resource: dict[str, Any], _start: datetime | None) -> bool:
     for concept in resource.get("reasonCode") or ():
-        codings = concept.get("coding") if isinstance(concept, dict) else None
-        if any(isinstance(c, dict) and c.get("code") for c in codings or ()):
+        if _any_code(concept.get("coding") if isinstance(concept, dict) else None):
             return True
-    return any(_has_identity(ref) for ref in resource.get("reasonReference") or ())
+    return _any_identity(resource.get("reasonReference"))
 
 
 def _has_referral_reason(resource: dict[str, Any], _start: datetime | None) -> bool:
     code = resource.get("code")
-    codings = code.get("coding") if isinstance(code, dict) else None
-    if isinstance(code, dict) and (
-        code.get("text") or any(isinstance(c, dict) and c.get("code") for c in codings or ())
-    ):
+    if isinstance(code, dict) and (code.get("text") or _any_code(code.get("coding"))):
         return True
-    return any(isinstance(note, dict) and note.get("text") for note in resource.get("note") or ())
+    for note in resource.get("note") or ():  # noqa: SIM110 - see above
+        if isinstance(note, dict) and note.get("text"):
+            return True
+    return False
 
 
 def _has_payer(resource: dict[str, Any], _start: datetime | None) -> bool:
-    return any(_has_identity(ref) for ref in resource.get("insurance") or ())
+    return _any_identity(resource.get("insurance"))
 
 
 def _has_requested_start(_resource: dict[str, Any], start: datetime | None) -> bool:

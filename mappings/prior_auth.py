@@ -24,7 +24,7 @@ from importlib import resources
 from typing import Any
 
 from connector.errors import MappingError
-from mappings.elements import coding, parse_fhir_datetime, reference, reference_type
+from mappings.elements import coding, parse_fhir_datetime, reference, reference_to
 from mappings.eligibility import base_row, payer_fields
 from mappings.types import MapContext, MappedRecords
 from mappings.validate import resource_label
@@ -117,25 +117,25 @@ def _request_rows(resource: dict[str, Any], ctx: MapContext) -> MappedRecords:
     insurer = payer_fields(resource, resource.get("insurer"))
     patient = resource.get("patient")
     referral = reference(resource.get("referral"))
-    request = {
-        **base,
-        "status": resource.get("status"),
-        "priority": coding(resource.get("priority"))[1],
-        "patient_ref": reference(patient) if reference_type(patient) == "Patient" else None,
-        "coverage_ref": _focal_coverage(resource),
-        "payer_key": insurer.key,
-        "insurer_ref": insurer.ref,
-        "insurer_display": insurer.display,
-        "insurer_identifier": insurer.identifier,
-        "provider_ref": reference(resource.get("provider")),
-        "referral_ref": referral if referral and referral.startswith("ServiceRequest/") else None,
-        "requested_at": requested_at,
-        "items_requested": len(items),
-        "units_requested": sum(item["units"] for item in items),
-        "service_codes": [
-            f"{i['service_system'] or ''}|{i['service_code']}" for i in items if i["service_code"]
-        ],
-    }
+    # Rows are filled in place, from a copy of the key columns: a {**key, ...} literal would insert every
+    # column twice, and rows are built for every resource.
+    request = dict(base)
+    request["status"] = resource.get("status")
+    request["priority"] = coding(resource.get("priority"))[1]
+    request["patient_ref"] = reference_to(patient, "Patient")
+    request["coverage_ref"] = _focal_coverage(resource)
+    request["payer_key"] = insurer.key
+    request["insurer_ref"] = insurer.ref
+    request["insurer_display"] = insurer.display
+    request["insurer_identifier"] = insurer.identifier
+    request["provider_ref"] = reference(resource.get("provider"))
+    request["referral_ref"] = referral if referral and referral.startswith("ServiceRequest/") else None
+    request["requested_at"] = requested_at
+    request["items_requested"] = len(items)
+    request["units_requested"] = sum(item["units"] for item in items)
+    request["service_codes"] = [
+        f"{i['service_system'] or ''}|{i['service_code']}" for i in items if i["service_code"]
+    ]
     # The item table is always named, so a new version with no items still clears the old ones.
     return {"prior_auth_request": [request], "prior_auth_request_item": items}
 
@@ -331,31 +331,31 @@ def _response_rows(resource: dict[str, Any], ctx: MapContext) -> MappedRecords:
         for number, line in enumerate(lines, start=1)
     ]
     decided_items = [line for line in lines if line.decision in DECIDED]
-    response = {
-        **base,
-        "status": resource.get("status"),
-        "outcome": resource.get("outcome"),
-        "decision": decision,
-        "review_actions": sorted({*top_codes, *(line.review_action for line in lines if line.review_action)}),
-        # Only a literal Claim reference links; a conditional one (Claim?identifier=...) cannot.
-        "request_ref": reference(request) if reference_type(request) == "Claim" else None,
-        "patient_ref": reference(patient) if reference_type(patient) == "Patient" else None,
-        "coverage_ref": coverage_refs[0] if coverage_refs else None,
-        "payer_key": insurer.key,
-        "insurer_ref": insurer.ref,
-        "insurer_display": insurer.display,
-        "insurer_identifier": insurer.identifier,
-        "responded_at": responded_at,
-        "pre_auth_ref": resource.get("preAuthRef"),
-        "pre_auth_start": start,
-        "pre_auth_end": end,
-        "disposition": disposition if isinstance(disposition, str) else None,
-        "items_decided": len(decided_items),
-        "items_approved": sum(1 for line in decided_items if line.decision in ITEM_APPROVED),
-        "error_codes": [
-            f"{system or ''}|{code}"
-            for system, code, _ in (coding(e.get("code")) for e in resource.get("error") or ())
-            if code
-        ],
-    }
+    response = dict(base)
+    response["status"] = resource.get("status")
+    response["outcome"] = resource.get("outcome")
+    response["decision"] = decision
+    response["review_actions"] = sorted(
+        {*top_codes, *(line.review_action for line in lines if line.review_action)}
+    )
+    # Only a literal Claim reference links; a conditional one (Claim?identifier=...) cannot.
+    response["request_ref"] = reference_to(request, "Claim")
+    response["patient_ref"] = reference_to(patient, "Patient")
+    response["coverage_ref"] = coverage_refs[0] if coverage_refs else None
+    response["payer_key"] = insurer.key
+    response["insurer_ref"] = insurer.ref
+    response["insurer_display"] = insurer.display
+    response["insurer_identifier"] = insurer.identifier
+    response["responded_at"] = responded_at
+    response["pre_auth_ref"] = resource.get("preAuthRef")
+    response["pre_auth_start"] = start
+    response["pre_auth_end"] = end
+    response["disposition"] = disposition if isinstance(disposition, str) else None
+    response["items_decided"] = len(decided_items)
+    response["items_approved"] = sum(1 for line in decided_items if line.decision in ITEM_APPROVED)
+    response["error_codes"] = [
+        f"{system or ''}|{code}"
+        for system, code, _ in (coding(e.get("code")) for e in resource.get("error") or ())
+        if code
+    ]
     return {"prior_auth_response": [response], "prior_auth_response_item": item_rows}

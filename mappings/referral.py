@@ -26,11 +26,13 @@ from mappings.discipline import code_tokens, discipline_of
 from mappings.elements import (
     CPT,
     SNOMED,
+    ResourceMeta,
     codes,
     coding,
     parse_fhir_datetime,
     reference,
-    reference_type,
+    reference_and_type,
+    reference_to,
     resource_meta,
 )
 from mappings.intake import intake_missing
@@ -90,12 +92,22 @@ def _category_code(categories: list[dict[str, Any]] | None) -> str | None:
 
 
 def _refs(refs: list[dict[str, Any]] | None) -> list[str]:
-    return [ref for ref in (reference(item) for item in refs or ()) if ref is not None]
+    found = []
+    for item in refs or ():
+        ref = reference(item)
+        if ref is not None:
+            found.append(ref)
+    return found
 
 
 def _key_columns(resource: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
     """The natural key, version, lastUpdated and content hash every mapped row starts with."""
-    rtype, rid, version_id, last_updated, _ = resource_meta(resource)
+    return _key_of(resource, ctx, resource_meta(resource))
+
+
+def _key_of(resource: dict[str, Any], ctx: MapContext, meta: ResourceMeta) -> dict[str, Any]:
+    """`_key_columns` from the resource's already read `resource_meta`."""
+    rtype, rid, version_id, last_updated, _ = meta
     return {
         "endpoint": ctx.endpoint,
         "resource_type": rtype,
@@ -116,22 +128,24 @@ def _mapped(
     """One row of `table`: the key columns plus `columns(resource)`; errors name the resource."""
     if resource.get("resourceType") not in expected:
         raise MappingError(f"{resource_label(resource)}: expected a {' or '.join(expected)}")
-    key = _key_columns(resource, ctx)
+    row = _key_columns(resource, ctx)
     try:
-        return {table: [{**key, **columns(resource, ctx.options)}]}
+        row.update(columns(resource, ctx.options))  # in place, as in `_referral_row`
     except MappingError as exc:
         # Element helpers name the element only; add which resource it was.
-        raise MappingError(f"{key['resource_type']}/{key['resource_id']}: {exc}") from None
+        raise MappingError(f"{row['resource_type']}/{row['resource_id']}: {exc}") from None
+    return {table: [row]}
 
 
 def map_service_request(resource: dict[str, Any], ctx: MapContext) -> MappedRecords:
     """Map a validated ServiceRequest to one `referral` row (and a contained requester's source row)."""
-    rtype, rid, _, _, _ = resource_meta(resource)
+    meta = resource_meta(resource)
+    rtype, rid = meta[0], meta[1]
     if rtype != "ServiceRequest":
         raise MappingError(f"{resource_label(resource)}: expected a ServiceRequest")
     try:
-        key = _key_columns(resource, ctx)
-        row = {**key, **_referral_columns(resource, ctx.options)}
+        key = _key_of(resource, ctx, meta)
+        row = _referral_row(key, resource, ctx.options)
         records: MappedRecords = {"referral": [row]}
         contained = _contained_source(resource, key)
         if contained is not None:
@@ -169,17 +183,17 @@ def _contained_source(resource: dict[str, Any], key: dict[str, Any]) -> dict[str
     return None
 
 
-def _referral_columns(resource: dict[str, Any], options: MappingOptions) -> dict[str, Any]:
+def _referral_row(key: dict[str, Any], resource: dict[str, Any], options: MappingOptions) -> dict[str, Any]:
+    """The `referral` row: the key columns, then what the ServiceRequest says."""
     subject = resource.get("subject")
     if not isinstance(subject, dict) or not subject:
         raise MappingError("subject: missing")
     requester = resource.get("requester")
-    requester_type = reference_type(requester)
+    requester_ref, requester_type = reference_and_type(requester)
     service_system, service_code, service_display = _service(resource.get("code"))
     coverage_refs = _refs(resource.get("insurance"))
     requested_start = _requested_start(resource)
     source_type = requester_source_type(requester)
-    requester_ref = reference(requester)
     if requester_ref is not None and requester_ref.startswith("#"):
         source_ref = None  # set from the contained resource, when it is a source
         if source_type is None and _contained_type(resource, requester_ref) in SELF_REQUESTERS:
@@ -190,36 +204,38 @@ def _referral_columns(resource: dict[str, Any], options: MappingOptions) -> dict
     # Discipline from what is ordered first, then from whom it is ordered (performerType).
     tokens = code_tokens([resource.get("code"), resource.get("performerType")])
     missing = intake_missing(resource, requested_start, options.intake_required)
-    return {
-        "status": resource.get("status"),
-        "intent": resource.get("intent"),
-        "priority": resource.get("priority"),
-        "category_code": _category_code(resource.get("category")),
-        "authored_on": parse_fhir_datetime(resource.get("authoredOn"), "authoredOn"),
-        "requested_start": requested_start,
-        "patient_ref": reference(subject) if reference_type(subject) == "Patient" else None,
-        "requester_ref": requester_ref,
-        "requester_display": (
-            requester.get("display")
-            if isinstance(requester, dict) and requester_type not in SELF_REQUESTERS
-            else None
-        ),
-        "service_system": service_system,
-        "service_code": service_code,
-        "service_display": service_display,
-        "reason_codes": codes(resource.get("reasonCode")),
-        "reason_refs": _refs(resource.get("reasonReference")),
-        "coverage_ref": coverage_refs[0] if coverage_refs else None,
-        "coverage_refs": coverage_refs,
-        "discipline": discipline_of(tokens, options.discipline_codes),
-        "performer_ref": performers[0] if performers else None,
-        "based_on_refs": _refs(resource.get("basedOn")),
-        "replaces_refs": _refs(resource.get("replaces")),
-        "source_ref": source_ref,
-        "source_type": source_type,
-        "intake_missing": missing,
-        "intake_complete": not missing,
-    }
+    # Rows are filled in place, from a copy of the key columns: a {**key, ...} literal would insert every
+    # column twice, and rows are built for every resource.
+    row = dict(key)
+    row["status"] = resource.get("status")
+    row["intent"] = resource.get("intent")
+    row["priority"] = resource.get("priority")
+    row["category_code"] = _category_code(resource.get("category"))
+    row["authored_on"] = parse_fhir_datetime(resource.get("authoredOn"), "authoredOn")
+    row["requested_start"] = requested_start
+    row["patient_ref"] = reference_to(subject, "Patient")
+    row["requester_ref"] = requester_ref
+    row["requester_display"] = (
+        requester.get("display")
+        if isinstance(requester, dict) and requester_type not in SELF_REQUESTERS
+        else None
+    )
+    row["service_system"] = service_system
+    row["service_code"] = service_code
+    row["service_display"] = service_display
+    row["reason_codes"] = codes(resource.get("reasonCode"))
+    row["reason_refs"] = _refs(resource.get("reasonReference"))
+    row["coverage_ref"] = coverage_refs[0] if coverage_refs else None
+    row["coverage_refs"] = coverage_refs
+    row["discipline"] = discipline_of(tokens, options.discipline_codes)
+    row["performer_ref"] = performers[0] if performers else None
+    row["based_on_refs"] = _refs(resource.get("basedOn"))
+    row["replaces_refs"] = _refs(resource.get("replaces"))
+    row["source_ref"] = source_ref
+    row["source_type"] = source_type
+    row["intake_missing"] = missing
+    row["intake_complete"] = not missing
+    return row
 
 
 def _contained_type(resource: dict[str, Any], literal: str) -> str | None:

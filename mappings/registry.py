@@ -14,6 +14,7 @@ from typing import Any
 from mappings import denials, payer, referral
 from mappings.types import MapContext, MappedRecords, Mapper
 from mappings.validate import validate
+from mappings.validate_mapped import validate_mapped
 
 
 def _merge_mappers(*parts: Mapping[str, tuple[Mapper, ...]]) -> dict[str, tuple[Mapper, ...]]:
@@ -39,11 +40,16 @@ TARGET_TABLES: dict[str, tuple[str, ...]] = _merge_tables(
 
 
 def map_resource(resource: dict[str, Any], ctx: MapContext) -> MappedRecords:
-    """Validate once (fhir.resources R4B), then run every mapper of the type and merge their rows.
+    """Validate once, then run every mapper of the type and merge their rows.
 
-    Raises MappingError with a one-line reason; types without a mapper are validated only (kept raw).
+    Validation is the endpoint's level: `strict` checks the whole resource (fhir.resources R4B), `mapped`
+    what the mappers read. Raises MappingError with a one-line reason; types without a mapper are
+    validated only (kept raw).
     """
-    validate(resource)
+    if ctx.options.validation == "mapped":
+        validate_mapped(resource)
+    else:
+        validate(resource)
     records: MappedRecords = {}
     for mapper in MAPPERS.get(resource["resourceType"], ()):
         for table, rows in mapper(resource, ctx).items():

@@ -29,10 +29,16 @@ class MappingOptions:
     intake_required: tuple[str, ...] = DEFAULT_INTAKE_ITEMS
     #: Keep Coverage.subscriberId in clear text; by default only its hash is stored.
     keep_subscriber_id: bool = False
+    #: "strict": the whole resource is validated (fhir.resources R4B); "mapped": only what the mappers
+    #: read, plus resourceType, id and meta (see `mappings.validate_mapped`).
+    validation: str = "strict"
 
     def __reduce__(self) -> tuple[Any, ...]:
         # MappingProxyType does not pickle; rebuild from a plain dict.
-        return (MappingOptions, (dict(self.discipline_codes), self.intake_required, self.keep_subscriber_id))
+        return (
+            MappingOptions,
+            (dict(self.discipline_codes), self.intake_required, self.keep_subscriber_id, self.validation),
+        )
 
 
 @dataclass(frozen=True, slots=True)

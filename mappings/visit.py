@@ -18,7 +18,7 @@ from typing import Any
 
 from connector.errors import MappingError
 from mappings.discipline import code_tokens, discipline_of, visit_kind
-from mappings.elements import parse_fhir_datetime, reference, reference_type
+from mappings.elements import parse_fhir_datetime, reference, reference_and_type
 from mappings.types import MappingOptions
 
 VISIT_STATUSES: tuple[str, ...] = ("booked", "fulfilled", "noshow", "cancelled", "other")
@@ -45,8 +45,9 @@ _ENCOUNTER_STATUS = {
 def _referral_ref(based_on: list[dict[str, Any]] | None) -> str | None:
     """The first `basedOn` that is a ServiceRequest (CarePlans and others are not referrals)."""
     for ref in based_on or ():
-        if reference_type(ref) == "ServiceRequest":
-            return reference(ref)
+        target, rtype = reference_and_type(ref)
+        if rtype == "ServiceRequest":
+            return target
     return None
 
 
@@ -70,8 +71,9 @@ def appointment_columns(resource: dict[str, Any], options: MappingOptions) -> di
     patient_ref = None
     for participant in resource.get("participant") or ():
         actor = participant.get("actor") if isinstance(participant, dict) else None
-        if reference_type(actor) == "Patient" and reference(actor):
-            patient_ref = reference(actor)
+        target, rtype = reference_and_type(actor)
+        if rtype == "Patient" and target:
+            patient_ref = target
             break
     if patient_ref is None:
         raise MappingError("participant: no Patient participant with a reference")
@@ -89,7 +91,8 @@ def appointment_columns(resource: dict[str, Any], options: MappingOptions) -> di
 def encounter_columns(resource: dict[str, Any], options: MappingOptions) -> dict[str, Any]:
     """The `visit` columns of an Encounter; MappingError when its subject is not a Patient."""
     subject = resource.get("subject")
-    if reference_type(subject) != "Patient" or not reference(subject):
+    patient_ref, rtype = reference_and_type(subject)
+    if rtype != "Patient" or not patient_ref:
         raise MappingError("subject: not a Patient reference")
     tokens = code_tokens([*(resource.get("type") or ()), resource.get("serviceType")])
     period = resource.get("period")
@@ -97,7 +100,7 @@ def encounter_columns(resource: dict[str, Any], options: MappingOptions) -> dict
     appointments = [ref for ref in (reference(a) for a in resource.get("appointment") or ()) if ref]
     return {
         "referral_ref": _referral_ref(resource.get("basedOn")),
-        "patient_ref": reference(subject),
+        "patient_ref": patient_ref,
         **_common(resource.get("status"), _ENCOUNTER_STATUS, tokens, options),
         "start_at": parse_fhir_datetime(start, "period.start"),
         "booked_at": None,

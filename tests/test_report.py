@@ -25,11 +25,13 @@ from tests.test_denial_builders import claim, response
 from tests.test_payer_builders import ENDPOINT, eligibility_response, load, preauth_claim, preauth_response
 
 CPT = "http://www.ama-assn.org/go/cpt"
-TODAY = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+# A minute ago, not today's noon: ages are whole days elapsed since, so an instant `days` ago must be at
+# least `days` whole days old at any hour the suite runs.
+TODAY = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
 
 
 def at(days: int) -> str:
-    """An instant `days` days from today's noon (negative: in the past)."""
+    """An instant `days` days from TODAY (negative: in the past)."""
     return (TODAY + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -8,15 +8,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
 from connector.errors import WarehouseError
 from connector.warehouse.engine import begin_write, db_error_message, is_transient_db_error
-from connector.warehouse.models import DeadLetter, SyncRun, SyncState
+from connector.warehouse.models import DeadLetter, RawResource, SyncRun, SyncState
 
 _STATE: sa.Table = SyncState.__table__  # type: ignore[assignment]
 _RUN: sa.Table = SyncRun.__table__  # type: ignore[assignment]
 _DEAD: sa.Table = DeadLetter.__table__  # type: ignore[assignment]
+_RAW: sa.Table = RawResource.__table__  # type: ignore[assignment]
 
 #: sync_run.error keeps one line of at most this many characters.
 MAX_ERROR_CHARS = 500
@@ -32,6 +34,27 @@ def get_watermark(engine: Engine, endpoint: str, resource_type: str) -> tuple[st
     if row is None:
         return None, None
     return row.watermark, row.watermark_at
+
+
+def stored_hashes(engine: Engine, endpoint: str, resource_type: str, ids: list[str]) -> dict[str, str]:
+    """Resource id -> content hash of the stored (not deleted) raw rows among `ids`."""
+    raw = _RAW
+    if engine.dialect.name == "postgresql":
+        # One array parameter: a page's worth of ids as an IN list is slow to send and to plan.
+        matches = raw.c.resource_id == sa.any_(sa.literal(ids, postgresql.ARRAY(sa.String)))
+    else:
+        matches = raw.c.resource_id.in_(ids)
+    query = sa.select(raw.c.resource_id, raw.c.content_hash).where(
+        raw.c.endpoint == endpoint, raw.c.resource_type == resource_type, matches, sa.not_(raw.c.deleted)
+    )
+    try:
+        with engine.connect() as conn:
+            return {row.resource_id: row.content_hash for row in conn.execute(query)}
+    except sa.exc.SQLAlchemyError as exc:
+        raise WarehouseError(
+            f"reading stored {resource_type} versions failed: {db_error_message(exc)}",
+            transient=is_transient_db_error(exc),
+        ) from None
 
 
 def reset_watermark(engine: Engine, endpoint: str, resource_type: str) -> None:

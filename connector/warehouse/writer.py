@@ -6,6 +6,7 @@ overlapping incremental window or an out-of-order Bulk file never loses the newe
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
 from connector.errors import WarehouseError
@@ -21,8 +23,10 @@ from connector.warehouse.canonical import content_hash
 from connector.warehouse.deadletter import record_rejects
 from connector.warehouse.engine import begin_write, db_error_message, insert_for, is_transient_db_error
 from connector.warehouse.models import Base
+from connector.warehouse.upsert import JsonText, pk_names, upsert
 
 __all__ = [
+    "JsonText",
     "PageWrite",
     "PageWriteResult",
     "Reject",
@@ -33,6 +37,7 @@ __all__ = [
 
 #: The natural key every resource row carries.
 RESOURCE_KEY = ("endpoint", "resource_type", "resource_id")
+_resource_key = operator.itemgetter(*RESOURCE_KEY)
 
 
 @dataclass
@@ -91,21 +96,15 @@ def upsert_rows(
 ) -> int:
     """INSERT .. ON CONFLICT (primary key) DO UPDATE, keeping the newer version; returns rows written.
 
-    A stored row is replaced when the incoming one is newer:
-    its `last_updated` is later, or it has one and the stored row has none, or both are equal (or both
-    NULL) and its `content_hash` differs. Re-upserting identical rows therefore writes 0 rows and an older
-    version never overwrites a newer one. Tables without these columns: `content_hash` alone decides, and
-    without it every conflict updates.
-
-    Rows may omit nullable columns (they are written as NULL); a key that is not a column is an error.
-    Rows with the same primary key are reduced to the newest before writing, because PostgreSQL refuses
-    to update one row twice in one statement.
+    See `upsert.upsert` for when a stored row is replaced. Re-upserting identical rows writes 0 rows and
+    an older version never overwrites a newer one. Rows may omit nullable columns (they are written as
+    NULL); a key that is not a column is an error.
     """
     return len(_upsert(conn, table, rows, batch_size=batch_size, returning=_pk_names(table)))
 
 
 def _pk_names(table: sa.Table) -> tuple[str, ...]:
-    return tuple(column.name for column in table.primary_key.columns)
+    return pk_names(table)
 
 
 def _upsert(
@@ -117,83 +116,7 @@ def _upsert(
     returning: Sequence[str],
 ) -> list[tuple[Any, ...]]:
     """`upsert_rows`, returning the `returning` columns of every row inserted or updated."""
-    if not rows:
-        return []
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
-    pk = _pk_names(table)
-    names = _column_names(table, rows)
-    unique = _newest_per_key(rows, pk, has_last_updated="last_updated" in table.c)
-    # A stable key order makes concurrent writers lock rows in the same order (no deadlocks on PostgreSQL).
-    unique.sort(key=lambda row: tuple(row[name] for name in pk))
-
-    # Stay under the driver's limit of bound parameters per statement.
-    max_params = conn.dialect.insertmanyvalues_max_parameters
-    per_statement = max(1, min(batch_size, max_params // max(1, len(names))))
-    written: list[tuple[Any, ...]] = []
-    for start in range(0, len(unique), per_statement):
-        chunk = [{name: row.get(name) for name in names} for row in unique[start : start + per_statement]]
-        stmt = insert_for(conn, table).values(chunk)
-        update_cols = {name: stmt.excluded[name] for name in names if name not in pk}
-        if update_cols:
-            stmt = stmt.on_conflict_do_update(
-                index_elements=list(pk), set_=update_cols, where=_incoming_is_newer(table, stmt.excluded)
-            )
-        else:
-            stmt = stmt.on_conflict_do_nothing(index_elements=list(pk))
-        stmt = stmt.returning(*(table.c[name] for name in returning))
-        written.extend(tuple(row) for row in conn.execute(stmt))
-    return written
-
-
-def _column_names(table: sa.Table, rows: Iterable[dict[str, Any]]) -> list[str]:
-    seen: dict[str, None] = {}
-    for row in rows:
-        for key in row:
-            seen.setdefault(key, None)
-    unknown = [key for key in seen if key not in table.c]
-    if unknown:
-        raise ValueError(f"{table.name} has no column {', '.join(sorted(unknown))}")
-    missing_pk = [name for name in _pk_names(table) if name not in seen]
-    if missing_pk:
-        raise ValueError(f"rows for {table.name} lack the key column {', '.join(missing_pk)}")
-    return list(seen)
-
-
-def _newest_per_key(
-    rows: Iterable[dict[str, Any]], pk: Sequence[str], *, has_last_updated: bool
-) -> list[dict[str, Any]]:
-    """One row per key: the one with the latest last_updated; on a tie, the last one given."""
-    best: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for row in rows:
-        key = tuple(row[name] for name in pk)
-        current = best.get(key)
-        if (
-            current is None
-            or not has_last_updated
-            or not _older(row.get("last_updated"), current.get("last_updated"))
-        ):
-            best[key] = row
-    return list(best.values())
-
-
-def _older(candidate: datetime | None, current: datetime | None) -> bool:
-    if candidate is None:
-        return current is not None
-    return current is not None and candidate < current
-
-
-def _incoming_is_newer(table: sa.Table, excluded: Any) -> sa.ColumnElement[bool] | None:
-    has_hash = "content_hash" in table.c
-    changed = excluded.content_hash != table.c.content_hash if has_hash else None
-    if "last_updated" not in table.c:
-        return changed
-    incoming, stored = excluded.last_updated, table.c.last_updated
-    later = sa.or_(sa.and_(stored.is_(None), incoming.is_not(None)), incoming > stored)
-    if changed is None:
-        return later
-    same_time = sa.or_(incoming == stored, sa.and_(incoming.is_(None), stored.is_(None)))
-    return sa.or_(later, sa.and_(same_time, changed))
+    return upsert(conn, table, rows, batch_size=batch_size, returning=returning)
 
 
 def _table(name: str) -> sa.Table:
@@ -241,21 +164,24 @@ def write_page(
         raw_written = _upsert(
             tx, _table("raw_resource"), raw_rows, batch_size=batch_size, returning=RESOURCE_KEY
         )
-        touched: set[tuple[Any, ...]] = set(raw_written)
+        written = set(raw_written)
+        touched: set[tuple[Any, ...]] = set(written)
         # A resource the server deleted keeps a tombstone raw row: an older copy arriving later (a slow
         # page, an overlap, a replay) writes no rows for it.
-        offered = {tuple(row[n] for n in RESOURCE_KEY) for _t, rows in mapped for row in rows}
-        blocked = _deleted_keys(tx, offered - set(raw_written))
+        offered = {_resource_key(row) for _t, rows in mapped for row in rows}
+        blocked = _deleted_keys(tx, offered - written)
         for table, rows in mapped:
-            rows = [row for row in rows if tuple(row[n] for n in RESOURCE_KEY) not in blocked]
+            if blocked:
+                rows = [row for row in rows if _resource_key(row) not in blocked]
             if _is_line_table(table):
                 # Rows per line follow their resource's version: a newer version replaces all its lines
                 # (a line it no longer has must not linger); an unchanged or older one writes none.
                 # Resources with no lines stored yet (a table added after they were synced) get theirs too.
-                keys = {tuple(row[name] for name in RESOURCE_KEY) for row in rows}
-                fresh = set(raw_written) | (keys - _keys_with_lines(tx, table, keys))
-                _delete_rows_of(tx, table, set(raw_written))
-                rows = [row for row in rows if tuple(row[name] for name in RESOURCE_KEY) in fresh]
+                unwritten = {_resource_key(row) for row in rows} - written
+                fresh = written | (unwritten - _keys_with_lines(tx, table, unwritten))
+                _delete_rows_of(tx, table, written)
+                if len(fresh) < len(written) + len(unwritten):
+                    rows = [row for row in rows if _resource_key(row) in fresh]
                 touched.update(_upsert(tx, table, rows, batch_size=batch_size, returning=RESOURCE_KEY))
             elif all(name in table.c for name in RESOURCE_KEY):
                 touched.update(_upsert(tx, table, rows, batch_size=batch_size, returning=RESOURCE_KEY))
@@ -298,9 +224,9 @@ def _deleted_keys(conn: Connection, keys: set[tuple[Any, ...]]) -> set[tuple[Any
     raw = _table("raw_resource")
     columns = [raw.c[name] for name in RESOURCE_KEY]
     found: set[tuple[Any, ...]] = set()
-    for part in _resource_chunks(keys):
-        stmt = sa.select(*columns).where(sa.tuple_(*columns).in_(part), raw.c.deleted)
-        found.update(tuple(row) for row in conn.execute(stmt))
+    for endpoint, resource_type, ids in _by_resource_type(keys):
+        where = _of_resources(conn, raw, endpoint, resource_type, ids)
+        found.update(tuple(row) for row in conn.execute(sa.select(*columns).where(where, raw.c.deleted)))
     return found
 
 
@@ -360,25 +286,40 @@ def _is_line_table(table: sa.Table) -> bool:
     return len(pk) > len(RESOURCE_KEY) and pk[: len(RESOURCE_KEY)] == RESOURCE_KEY
 
 
-def _resource_chunks(keys: set[tuple[Any, ...]], chunk: int = 500) -> Iterable[list[tuple[Any, ...]]]:
-    ordered = sorted(keys)
-    for start in range(0, len(ordered), chunk):
-        yield ordered[start : start + chunk]
+def _by_resource_type(keys: set[tuple[Any, ...]]) -> Iterable[tuple[str, str, list[str]]]:
+    """Resource keys as (endpoint, resource_type, ids), ids sorted and at most 1,000 per group."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for endpoint, resource_type, resource_id in keys:
+        groups.setdefault((endpoint, resource_type), []).append(resource_id)
+    for (endpoint, resource_type), ids in sorted(groups.items()):
+        ids.sort()
+        for start in range(0, len(ids), 1000):
+            yield endpoint, resource_type, ids[start : start + 1000]
+
+
+def _of_resources(
+    conn: Connection, table: sa.Table, endpoint: str, resource_type: str, ids: list[str]
+) -> Any:
+    """WHERE the row belongs to one of `ids` (one array parameter on PostgreSQL, not a long IN list)."""
+    if conn.dialect.name == "postgresql":
+        matches = table.c.resource_id == sa.any_(sa.literal(ids, postgresql.ARRAY(sa.String)))
+    else:
+        matches = table.c.resource_id.in_(ids)
+    return sa.and_(table.c.endpoint == endpoint, table.c.resource_type == resource_type, matches)
 
 
 def _keys_with_lines(conn: Connection, table: sa.Table, keys: set[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
     columns = [table.c[name] for name in RESOURCE_KEY]
     found: set[tuple[Any, ...]] = set()
-    for part in _resource_chunks(keys):
-        stmt = sa.select(*columns).distinct().where(sa.tuple_(*columns).in_(part))
+    for endpoint, resource_type, ids in _by_resource_type(keys):
+        stmt = sa.select(*columns).distinct().where(_of_resources(conn, table, endpoint, resource_type, ids))
         found.update(tuple(row) for row in conn.execute(stmt))
     return found
 
 
 def _delete_rows_of(conn: Connection, table: sa.Table, keys: set[tuple[Any, ...]]) -> None:
-    columns = sa.tuple_(*(table.c[name] for name in RESOURCE_KEY))
-    for part in _resource_chunks(keys):
-        conn.execute(table.delete().where(columns.in_(part)))
+    for endpoint, resource_type, ids in _by_resource_type(keys):
+        conn.execute(table.delete().where(_of_resources(conn, table, endpoint, resource_type, ids)))
 
 
 def _raw_row(page: PageWrite, row: dict[str, Any], now: datetime) -> dict[str, Any]:

@@ -1,0 +1,149 @@
+"""Validation and mapping in worker processes, so a sync uses every core.
+
+Validating FHIR resources is CPU-bound Python: threads would share one core (the GIL). Pages of at least
+`MIN_POOL_PAGE` resources are mapped in a process pool shared by every stream of this process, while the
+streams' event loops fetch the next pages and write the previous ones. Resources cross to the worker as
+one orjson document (much cheaper than pickling the dicts) and come back as rows, the raw JSON already
+serialized (`JsonText`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from datetime import datetime
+
+import orjson
+
+from connector.errors import ConnectorError
+from connector.pipeline import MapJob, MappedPage, PageMapper, add_bad_lines, map_inline, map_lists
+from mappings.types import MappingOptions
+
+log = logging.getLogger(__name__)
+
+#: Smaller pages are mapped in the stream's own process: shipping them costs more than it saves.
+MIN_POOL_PAGE = 64
+
+_lock = threading.Lock()
+_pools: dict[int, ProcessPoolExecutor] = {}
+
+
+class MappingWorkerError(ConnectorError):
+    """A mapping worker process died (killed, out of memory); the stream fails and may be retried."""
+
+
+def default_workers() -> int:
+    """One worker per core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def page_mapper(workers: int | None) -> PageMapper:
+    """`map_inline` for 0 workers, else a mapper using a pool of `workers` (None: one per core)."""
+    count = default_workers() if workers is None else workers
+    if count <= 0:
+        return map_inline
+    return PoolMapper(count)
+
+
+def pages_ahead(workers: int | None) -> int:
+    """Pages a stream maps ahead of the one it writes: one per worker, and one being fetched."""
+    return (default_workers() if workers is None else workers) + 1
+
+
+class PoolMapper:
+    """Maps pages in a shared process pool of `workers` processes."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+
+    async def __call__(self, job: MapJob) -> MappedPage:
+        page = job.page
+        if len(page.resources) + len(page.included) < MIN_POOL_PAGE:
+            return await map_inline(job)
+        try:
+            document = orjson.dumps([page.resources, page.included])
+        except orjson.JSONEncodeError:
+            # Nested deeper than orjson goes: such a page is mapped here, where it becomes dead letters.
+            return await map_inline(job)
+        pool = _pool(self.workers)
+        loop = asyncio.get_running_loop()
+        try:
+            mapped = await loop.run_in_executor(
+                pool,
+                _map_in_worker,
+                job.endpoint,
+                job.resource_type,
+                document,
+                job.synced_at,
+                job.date_element,
+                job.options,
+                job.known,
+            )
+        except BrokenProcessPool:
+            _discard(self.workers, pool)
+            raise MappingWorkerError(
+                f"a mapping worker process died while mapping a {job.resource_type} page"
+            ) from None
+        return add_bad_lines(job, mapped)
+
+
+def _map_in_worker(
+    endpoint: str,
+    resource_type: str,
+    document: bytes,
+    synced_at: datetime,
+    date_element: str | None,
+    options: MappingOptions,
+    known: Mapping[str, str] | None,
+) -> MappedPage:
+    resources, included = orjson.loads(document)
+    return map_lists(endpoint, resource_type, resources, included, synced_at, date_element, options, known)
+
+
+def _warm_up() -> None:
+    """Import the models of the mapped types once per worker, not on its first page."""
+    from mappings.registry import MAPPERS
+    from mappings.validate import _model_class
+
+    for resource_type in MAPPERS:
+        _model_class(resource_type)
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    with _lock:
+        pool = _pools.get(workers)
+        if pool is None:
+            # spawn, not fork: the flow runs threads (Prefect, httpx), and a forked child could inherit a
+            # lock some other thread held.
+            pool = ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_warm_up,
+            )
+            _pools[workers] = pool
+        return pool
+
+
+def _discard(workers: int, pool: ProcessPoolExecutor) -> None:
+    with _lock:
+        if _pools.get(workers) is pool:
+            del _pools[workers]
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def shutdown() -> None:
+    """Stop every worker process (the CLI does at exit; tests that start pools do)."""
+    with _lock:
+        pools = list(_pools.values())
+        _pools.clear()
+    for pool in pools:
+        pool.shutdown(wait=True, cancel_futures=True)
