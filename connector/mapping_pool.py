@@ -10,6 +10,7 @@ serialized (`JsonText`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -22,6 +23,7 @@ from datetime import datetime
 import orjson
 
 from connector.errors import ConnectorError
+from connector.gc_tuning import freeze_startup_objects
 from connector.pipeline import MapJob, MappedPage, PageMapper, add_bad_lines, map_inline, map_lists
 from mappings.types import MappingOptions
 
@@ -110,12 +112,17 @@ def _map_in_worker(
 
 
 def _warm_up() -> None:
-    """Import the models of the mapped types once per worker, not on its first page."""
+    """Build what validating each mapped type needs once per worker, not on its first page."""
+    from connector.errors import MappingError
     from mappings.registry import MAPPERS
     from mappings.validate import _model_class
+    from mappings.validate_mapped import validate_mapped
 
     for resource_type in MAPPERS:
         _model_class(resource_type)
+        with contextlib.suppress(MappingError):  # the point was building its schema
+            validate_mapped({"resourceType": resource_type, "id": "warm-up"})
+    freeze_startup_objects()
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:

@@ -31,6 +31,7 @@ from connector.fhir.client import FhirClient
 from connector.fhir.history import deleted_since, supports_history
 from connector.fhir.ndjson import NdjsonSource
 from connector.fhir.page import Page
+from connector.gc_tuning import freeze_startup_objects
 from connector.mapping_pool import page_mapper, pages_ahead
 from connector.pipeline import StreamResult, run_stream
 from connector.pushback.run import push_round, queue_metrics
@@ -226,6 +227,7 @@ async def sync_endpoint(
     push-back runs after all of them.
     """
     logger = get_run_logger()
+    freeze_startup_objects()
     settings = load_settings(config_path)
     endpoint = settings.endpoint(endpoint_name)
     runtime = settings.runtime
