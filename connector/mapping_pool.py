@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import os
 import threading
-from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
@@ -76,6 +76,9 @@ class PoolMapper:
         except orjson.JSONEncodeError:
             # Nested deeper than orjson goes: such a page is mapped here, where it becomes dead letters.
             return await map_inline(job)
+        # Only the document travels on: the parsed resources can go while the worker maps.
+        job = dataclasses.replace(job, page=dataclasses.replace(page, resources=[], included=[]))
+        del page
         pool = _pool(self.workers)
         loop = asyncio.get_running_loop()
         try:
@@ -88,7 +91,6 @@ class PoolMapper:
                 job.synced_at,
                 job.date_element,
                 job.options,
-                job.known,
             )
         except BrokenProcessPool:
             _discard(self.workers, pool)
@@ -105,10 +107,9 @@ def _map_in_worker(
     synced_at: datetime,
     date_element: str | None,
     options: MappingOptions,
-    known: Mapping[str, str] | None,
 ) -> MappedPage:
     resources, included = orjson.loads(document)
-    return map_lists(endpoint, resource_type, resources, included, synced_at, date_element, options, known)
+    return map_lists(endpoint, resource_type, resources, included, synced_at, date_element, options)
 
 
 def _warm_up() -> None:

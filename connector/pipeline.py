@@ -10,6 +10,7 @@ servers make unsafe: see `WatermarkTracker`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -73,7 +74,7 @@ class MappedPage:
     values: list[datetime] = field(default_factory=list)
     #: Resources marked entered-in-error: (resource_type, resource_id, when).
     deletions: list[tuple[str, str, datetime]] = field(default_factory=list)
-    #: Resources skipped because they are stored exactly so already (see `map_resources(known=...)`).
+    #: Resources skipped because they are stored exactly so already (incremental runs).
     unchanged: int = 0
 
 
@@ -174,25 +175,15 @@ def map_resources(
     *,
     date_element: str | None = None,
     options: MappingOptions | None = None,
-    known: Mapping[str, str] | None = None,
 ) -> MappedPage:
     """Validate and map one page of resources; invalid ones become rejects, the rest raw + mapped rows.
 
-    `known` maps resource ids to the content hash already stored: a resource stored exactly so is
-    counted in `unchanged` and otherwise only moves the cursor (no validation, mapping or write).
     Pure apart from the CPU: no I/O, no clock (the sync time is passed in).
     """
     ctx = MapContext(endpoint=endpoint, synced_at=synced_at, options=options or MappingOptions())
     out = MappedPage()
     for resource in resources:
-        canonical: bytes | None = None
         try:
-            if known and isinstance(resource, dict) and resource.get("id") in known:
-                canonical = _canonical(resource)
-                if hashlib.sha256(canonical).hexdigest() == known[resource["id"]]:
-                    out.unchanged += 1
-                    _advance_cursor(out, resource, date_element)
-                    continue
             if not isinstance(resource, dict) or resource.get("resourceType") != resource_type:
                 found = (
                     resource.get("resourceType") if isinstance(resource, dict) else type(resource).__name__
@@ -207,8 +198,7 @@ def map_resources(
                 out.deletions.append((rtype, rid, last_updated or synced_at))
             # Serialized once, here (in a mapping worker when there is one): the hash is taken of the
             # same canonical bytes that are stored.
-            if canonical is None:
-                canonical = _canonical(resource)
+            canonical = _canonical(resource)
         except MappingError as exc:
             out.rejects.append(
                 Reject(
@@ -302,8 +292,6 @@ class MapJob:
     synced_at: datetime
     date_element: str | None
     options: MappingOptions
-    #: Resource id -> content hash already stored, for the resources of the page that are stored.
-    known: Mapping[str, str] | None = None
 
 
 #: Validates and maps one page: `map_inline`, or a process pool's (see `connector.mapping_pool`).
@@ -360,9 +348,17 @@ async def run_stream(
     async def produce() -> None:
         try:
             async for page in pages:
-                known = await _stored_hashes(engine, endpoint.name, rt, page) if skip_unchanged else None
-                job = MapJob(endpoint.name, rt, page, synced_at, plan.date_element, options, known)
-                await ahead.put((page, asyncio.ensure_future(mapper(job))))
+                unchanged: list[dict[str, Any]] = []
+                if skip_unchanged:
+                    stored = await _stored_hashes(engine, endpoint.name, rt, page)
+                    page, unchanged = _without_unchanged(page, stored)
+                job = MapJob(endpoint.name, rt, page, synced_at, plan.date_element, options)
+                mapping = _counting_unchanged(mapper(job), unchanged, plan.date_element)
+                # The queue keeps what the write needs of the page, not its resources: those are freed
+                # once mapped (or shipped to a worker), so memory does not grow with the pages in flight.
+                seen = _PageSeen(page.bundle_last_updated, len(page.included))
+                del page, job
+                await ahead.put((seen, asyncio.ensure_future(mapping)))
         except Exception as exc:  # handed to the consumer, which writes the pages before it first
             await ahead.put(_Failed(exc))
         else:
@@ -374,17 +370,17 @@ async def run_stream(
         while item is not None:
             if isinstance(item, _Failed):
                 raise item.error
-            page, mapping = item
+            seen, mapping = item
             mapped = await mapping
-            tracker.observe(page.bundle_last_updated, mapped)
+            tracker.observe(seen.bundle_last_updated, mapped)
             following = await ahead.get()
             if isinstance(following, _Failed):
                 # Keep what this page holds; the watermark stays where it was.
-                await _write(engine, endpoint, rt, plan, mapped, None, batch_size, result, page)
+                await _write(engine, endpoint, rt, plan, mapped, None, batch_size, result, seen.included)
                 raise following.error
             watermark = tracker.safe() if following is None else None
             committed = watermark if commit_watermark else None
-            await _write(engine, endpoint, rt, plan, mapped, committed, batch_size, result, page)
+            await _write(engine, endpoint, rt, plan, mapped, committed, batch_size, result, seen.included)
             if watermark is not None:
                 result.watermark = watermark[0]
             item = following
@@ -440,6 +436,43 @@ async def _stored_hashes(engine: Engine, endpoint: str, rt: str, page: Page) -> 
     return await asyncio.to_thread(state.stored_hashes, engine, endpoint, rt, ids)
 
 
+def _without_unchanged(page: Page, stored: Mapping[str, str]) -> tuple[Page, list[dict[str, Any]]]:
+    """The page without the resources stored exactly so already (checked here, so that a page with
+    nothing new costs a hash per resource, not a trip to a worker), and those resources."""
+    if not stored:
+        return page, []
+    keep: list[Any] = []
+    same: list[dict[str, Any]] = []
+    for resource in page.resources:
+        rid = resource.get("id") if isinstance(resource, dict) else None
+        digest = stored.get(rid) if isinstance(rid, str) else None
+        try:
+            unchanged = digest is not None and hashlib.sha256(_canonical(resource)).hexdigest() == digest
+        except MappingError:
+            unchanged = False  # not storable: mapping makes it a dead letter
+        (same if unchanged else keep).append(resource)
+    return (dataclasses.replace(page, resources=keep) if same else page), same
+
+
+async def _counting_unchanged(
+    mapping: Awaitable[MappedPage], unchanged: list[dict[str, Any]], date_element: str | None
+) -> MappedPage:
+    mapped = await mapping
+    mapped.fetched += len(unchanged)
+    mapped.unchanged += len(unchanged)
+    for resource in unchanged:
+        _advance_cursor(mapped, resource, date_element)  # they are stored: the watermark may pass them
+    return mapped
+
+
+@dataclass(frozen=True, slots=True)
+class _PageSeen:
+    """What writing a page needs once its resources are mapped."""
+
+    bundle_last_updated: str | None
+    included: int
+
+
 @dataclass(frozen=True, slots=True)
 class _Failed:
     """Fetching (or the page source) failed: raised by the consumer after the pages before it."""
@@ -447,7 +480,7 @@ class _Failed:
     error: Exception
 
 
-_Item = tuple[Page, "asyncio.Future[MappedPage]"] | _Failed | None
+_Item = tuple[_PageSeen, "asyncio.Future[MappedPage]"] | _Failed | None
 
 
 async def _stop(producer: asyncio.Task[None], ahead: asyncio.Queue[_Item]) -> None:
@@ -490,12 +523,9 @@ def map_lists(
     synced_at: datetime,
     date_element: str | None,
     options: MappingOptions,
-    known: Mapping[str, str] | None = None,
 ) -> MappedPage:
     """A page's matches and `_include`d resources, validated and mapped (pure; runs in workers)."""
-    mapped = map_resources(
-        endpoint, rt, resources, synced_at, date_element=date_element, options=options, known=known
-    )
+    mapped = map_resources(endpoint, rt, resources, synced_at, date_element=date_element, options=options)
     mapped.fetched = len(resources)
     mapped.included = map_included(endpoint, included, synced_at, options)
     return mapped
@@ -523,7 +553,6 @@ def map_page(job: MapJob) -> MappedPage:
         job.synced_at,
         job.date_element,
         job.options,
-        job.known,
     )
     return add_bad_lines(job, mapped)
 
@@ -537,7 +566,7 @@ async def _write(
     watermark: tuple[str, datetime] | None,
     batch_size: int,
     result: StreamResult,
-    page: Page,
+    included: int,
 ) -> None:
     extra = mapped.included or MappedPage()
     tables = {t: list(rows) for t, rows in mapped.mapped.items()}
@@ -559,7 +588,7 @@ async def _write(
     loaded = written.loaded_by_type.get(rt, 0)
     result.pages += 1
     result.fetched += mapped.fetched
-    result.included += len(page.included)
+    result.included += included
     result.loaded += loaded
     result.rejected += len(mapped.rejects)
     if watermark:

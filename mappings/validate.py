@@ -279,6 +279,11 @@ def validate(resource: dict[str, Any]) -> None:
         # resourceType is empty: KeyError); the input is invalid, not our code.
         problems = [f"<root>: {type(exc).__name__}"]
     problems += _check_required_codes(resource, rtype)
+    raise_problems(label, rtype, problems)
+
+
+def raise_problems(label: str, rtype: str, problems: list[str]) -> None:
+    """Raise one MappingError listing the first problems found, if any."""
     if not problems:
         return
     shown = "; ".join(problems[:_MAX_ERRORS_SHOWN])

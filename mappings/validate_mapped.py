@@ -47,6 +47,7 @@ from mappings.validate import (
     _format_loc,
     _model_class,
     _safe_message,
+    raise_problems,
     resource_label,
     too_deep,
 )
@@ -111,7 +112,6 @@ READ_ELEMENTS: dict[str, tuple[str, ...]] = {
 #: (versionId, lastUpdated) and `status` (entered-in-error marks a deletion). On a type without a status
 #: element (Practitioner, Organization, ...) a `status` key is therefore invalid, as in strict mode.
 _ALWAYS = ("resourceType", "id", "meta", "status", "_status")
-_MAX_ERRORS_SHOWN = 3
 
 
 # -- the projection ---------------------------------------------------------------------------------
@@ -707,12 +707,7 @@ def validate_mapped(resource: dict[str, Any]) -> None:
     except (ValueError, TypeError, LookupError, AttributeError) as exc:  # as `validate`: invalid input
         problems = [f"<root>: {type(exc).__name__}"]
     problems += _check_required_codes(projected, rtype)
-    if not problems:
-        return
-    shown = "; ".join(problems[:_MAX_ERRORS_SHOWN])
-    more = len(problems) - _MAX_ERRORS_SHOWN
-    suffix = f" ({more} more)" if more > 0 else ""
-    raise MappingError(f"{resource_label(resource)}: invalid {rtype}: {shown}{suffix}")
+    raise_problems(resource_label(resource), rtype, problems)
 
 
 #: Per known resource type (filled on first use): its projected keys and the validator of its projection.

@@ -143,3 +143,21 @@ def test_a_stream_loads_the_same_with_workers_as_without(engine: Engine, tmp_pat
     assert pooled == inline
     assert pooled[0] > 300
     assert pooled[1] == "2026-11-01T10:06:39Z"
+
+
+def test_a_dead_worker_fails_the_page_clearly_and_the_next_page_gets_a_new_pool() -> None:
+    import os
+    import signal
+
+    page = Page(resources=service_requests(100), included=[], bundle_last_updated=None, number=1)
+    job = MapJob("clinic", "ServiceRequest", page, SYNCED_AT, None, MappingOptions())
+    mapper = mapping_pool.PoolMapper(1)
+    assert asyncio.run(mapper(job)).raw  # the pool is up
+    pool = mapping_pool._pool(1)
+    for process in list(pool._processes.values()):  # as the OOM killer would
+        os.kill(process.pid, signal.SIGKILL)
+        process.join()
+    with pytest.raises(mapping_pool.MappingWorkerError, match="mapping worker process died"):
+        asyncio.run(mapper(job))
+    assert mapping_pool._pool(1) is not pool
+    assert len(asyncio.run(mapper(job)).raw) > 0

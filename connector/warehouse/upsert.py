@@ -119,6 +119,17 @@ def incoming_is_newer(table: sa.Table, excluded: Any) -> sa.ColumnElement[bool] 
     return sa.or_(later, sa.and_(same_time, changed))
 
 
+def _newer_wins(stmt: Any, table: sa.Table, names: Sequence[str]) -> Any:
+    """ON CONFLICT (primary key): update the given columns when the incoming row is newer."""
+    pk = pk_names(table)
+    update_cols = {n: stmt.excluded[n] for n in names if n not in pk}
+    if not update_cols:
+        return stmt.on_conflict_do_nothing(index_elements=list(pk))
+    return stmt.on_conflict_do_update(
+        index_elements=list(pk), set_=update_cols, where=incoming_is_newer(table, stmt.excluded)
+    )
+
+
 def _json_text(value: Any) -> str:
     if isinstance(value, JsonText):
         return value
@@ -186,14 +197,7 @@ def _copy_statements(
     stmt = sa.dialects.postgresql.insert(table).from_select(
         list(names), sa.select(*selected).order_by(*(stage.c[n] for n in pk))
     )
-    update_cols = {n: stmt.excluded[n] for n in names if n not in pk}
-    if update_cols:
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(pk), set_=update_cols, where=incoming_is_newer(table, stmt.excluded)
-        )
-    else:
-        stmt = stmt.on_conflict_do_nothing(index_elements=list(pk))
-    return create, truncate, copy, stmt.returning(*(table.c[n] for n in returning))
+    return create, truncate, copy, _newer_wins(stmt, table, names).returning(*(table.c[n] for n in returning))
 
 
 def _pg_type(table: sa.Table, name: str) -> str:
@@ -246,16 +250,7 @@ def _executemany_upsert(
     batch_size: int,
 ) -> list[tuple[Any, ...]]:
     target = _bind_table(table)
-    stmt = insert_for(conn, target)
-    pk = pk_names(table)
-    update_cols = {n: stmt.excluded[n] for n in names if n not in pk}
-    if update_cols:
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(pk), set_=update_cols, where=incoming_is_newer(target, stmt.excluded)
-        )
-    else:
-        stmt = stmt.on_conflict_do_nothing(index_elements=list(pk))
-    stmt = stmt.returning(*(target.c[n] for n in returning))
+    stmt = _newer_wins(insert_for(conn, target), target, names).returning(*(target.c[n] for n in returning))
     written: list[tuple[Any, ...]] = []
     for start in range(0, len(values), batch_size):
         params = [dict(zip(names, row, strict=True)) for row in values[start : start + batch_size]]

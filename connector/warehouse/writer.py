@@ -107,16 +107,9 @@ def _pk_names(table: sa.Table) -> tuple[str, ...]:
     return pk_names(table)
 
 
-def _upsert(
-    conn: Connection,
-    table: sa.Table,
-    rows: Sequence[dict[str, Any]],
-    *,
-    batch_size: int,
-    returning: Sequence[str],
-) -> list[tuple[Any, ...]]:
-    """`upsert_rows`, returning the `returning` columns of every row inserted or updated."""
-    return upsert(conn, table, rows, batch_size=batch_size, returning=returning)
+#: `upsert_rows`, returning the `returning` columns of every row inserted or updated (a module-level name
+#: the page write looks up, so fault-injection tests can wrap it).
+_upsert = upsert
 
 
 def _table(name: str) -> sa.Table:
