@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -30,6 +29,7 @@ from connector.progress import sink
 from connector.pushback.intents import intents
 from connector.streams import Plan
 from connector.warehouse import state
+from connector.warehouse.canonical import canonical_json, digest
 from connector.warehouse.upsert import JsonText
 from connector.warehouse.writer import PageWrite, Reject, write_page
 from mappings.elements import parse_fhir_datetime, resource_meta
@@ -217,7 +217,7 @@ def map_resources(
                     "resource_id": rid,
                     "version_id": version_id,
                     "last_updated": last_updated,
-                    "content_hash": hashlib.sha256(canonical).hexdigest(),
+                    "content_hash": digest(canonical),
                     "payload": JsonText(canonical.decode()),
                     "deleted": erased,
                     "deleted_at": (last_updated or synced_at) if erased else None,
@@ -233,7 +233,7 @@ def map_resources(
 def _canonical(resource: dict[str, Any]) -> bytes:
     """The resource as canonical JSON (sorted keys): what is stored and hashed."""
     try:
-        return orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
+        return canonical_json(resource)
     except orjson.JSONEncodeError as exc:  # an integer beyond 64 bits, nesting beyond orjson's limit
         raise MappingError(
             f"{resource_label(resource)}: cannot store the resource: {type(exc).__name__}"
@@ -445,9 +445,9 @@ def _without_unchanged(page: Page, stored: Mapping[str, str]) -> tuple[Page, lis
     same: list[dict[str, Any]] = []
     for resource in page.resources:
         rid = resource.get("id") if isinstance(resource, dict) else None
-        digest = stored.get(rid) if isinstance(rid, str) else None
+        stored_hash = stored.get(rid) if isinstance(rid, str) else None
         try:
-            unchanged = digest is not None and hashlib.sha256(_canonical(resource)).hexdigest() == digest
+            unchanged = stored_hash is not None and digest(_canonical(resource)) == stored_hash
         except MappingError:
             unchanged = False  # not storable: mapping makes it a dead letter
         (same if unchanged else keep).append(resource)

@@ -8,6 +8,15 @@ from typing import Any
 import orjson
 
 
+def canonical_json(resource: dict[str, Any]) -> bytes:
+    """The resource as JSON with sorted keys: what is stored, and what its hash is taken of."""
+    return orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
+
+
+def digest(canonical: bytes) -> str:
+    return hashlib.sha256(canonical).hexdigest()
+
+
 def content_hash(resource: dict[str, Any]) -> str:
     """sha256 hex of the resource as JSON with sorted keys, so key order does not matter."""
-    return hashlib.sha256(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return digest(canonical_json(resource))

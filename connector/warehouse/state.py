@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
 from connector.errors import WarehouseError
 from connector.warehouse.engine import begin_write, db_error_message, is_transient_db_error
 from connector.warehouse.models import DeadLetter, RawResource, SyncRun, SyncState
+from connector.warehouse.upsert import of_resources
 
 _STATE: sa.Table = SyncState.__table__  # type: ignore[assignment]
 _RUN: sa.Table = SyncRun.__table__  # type: ignore[assignment]
@@ -39,13 +39,8 @@ def get_watermark(engine: Engine, endpoint: str, resource_type: str) -> tuple[st
 def stored_hashes(engine: Engine, endpoint: str, resource_type: str, ids: list[str]) -> dict[str, str]:
     """Resource id -> content hash of the stored (not deleted) raw rows among `ids`."""
     raw = _RAW
-    if engine.dialect.name == "postgresql":
-        # One array parameter: a page's worth of ids as an IN list is slow to send and to plan.
-        matches = raw.c.resource_id == sa.any_(sa.literal(ids, postgresql.ARRAY(sa.String)))
-    else:
-        matches = raw.c.resource_id.in_(ids)
     query = sa.select(raw.c.resource_id, raw.c.content_hash).where(
-        raw.c.endpoint == endpoint, raw.c.resource_type == resource_type, matches, sa.not_(raw.c.deleted)
+        of_resources(engine.dialect, raw, endpoint, resource_type, ids), sa.not_(raw.c.deleted)
     )
     try:
         with engine.connect() as conn:

@@ -119,6 +119,18 @@ def incoming_is_newer(table: sa.Table, excluded: Any) -> sa.ColumnElement[bool] 
     return sa.or_(later, sa.and_(same_time, changed))
 
 
+def of_resources(
+    dialect: sa.Dialect, table: sa.Table, endpoint: str, resource_type: str, ids: list[str]
+) -> sa.ColumnElement[bool]:
+    """WHERE the row belongs to one of `ids` (one array parameter on PostgreSQL: a page's worth of ids
+    as an IN list is slow to send and to plan)."""
+    if dialect.name == "postgresql":
+        matches = table.c.resource_id == sa.any_(sa.literal(ids, sa.dialects.postgresql.ARRAY(sa.String)))
+    else:
+        matches = table.c.resource_id.in_(ids)
+    return sa.and_(table.c.endpoint == endpoint, table.c.resource_type == resource_type, matches)
+
+
 def _newer_wins(stmt: Any, table: sa.Table, names: Sequence[str]) -> Any:
     """ON CONFLICT (primary key): update the given columns when the incoming row is newer."""
     pk = pk_names(table)

@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
 from connector.errors import WarehouseError
@@ -23,7 +22,7 @@ from connector.warehouse.canonical import content_hash
 from connector.warehouse.deadletter import record_rejects
 from connector.warehouse.engine import begin_write, db_error_message, insert_for, is_transient_db_error
 from connector.warehouse.models import Base
-from connector.warehouse.upsert import JsonText, pk_names, upsert
+from connector.warehouse.upsert import JsonText, of_resources, pk_names, upsert
 
 __all__ = [
     "JsonText",
@@ -100,11 +99,7 @@ def upsert_rows(
     an older version never overwrites a newer one. Rows may omit nullable columns (they are written as
     NULL); a key that is not a column is an error.
     """
-    return len(_upsert(conn, table, rows, batch_size=batch_size, returning=_pk_names(table)))
-
-
-def _pk_names(table: sa.Table) -> tuple[str, ...]:
-    return pk_names(table)
+    return len(_upsert(conn, table, rows, batch_size=batch_size, returning=pk_names(table)))
 
 
 #: `upsert_rows`, returning the `returning` columns of every row inserted or updated (a module-level name
@@ -179,7 +174,7 @@ def write_page(
             elif all(name in table.c for name in RESOURCE_KEY):
                 touched.update(_upsert(tx, table, rows, batch_size=batch_size, returning=RESOURCE_KEY))
             else:
-                _upsert(tx, table, rows, batch_size=batch_size, returning=_pk_names(table))
+                _upsert(tx, table, rows, batch_size=batch_size, returning=pk_names(table))
         touched.update(_apply_deletions(tx, page.endpoint, page.deletions, now))
         rejected = record_rejects(tx, page.rejects, now)
         outbox.enqueue(tx, page.outbox, now)
@@ -209,7 +204,7 @@ def _fact_tables() -> list[sa.Table]:
     return [
         t
         for name, t in Base.metadata.tables.items()
-        if name != "raw_resource" and _pk_names(t)[: len(RESOURCE_KEY)] == RESOURCE_KEY
+        if name != "raw_resource" and pk_names(t)[: len(RESOURCE_KEY)] == RESOURCE_KEY
     ]
 
 
@@ -218,7 +213,7 @@ def _deleted_keys(conn: Connection, keys: set[tuple[Any, ...]]) -> set[tuple[Any
     columns = [raw.c[name] for name in RESOURCE_KEY]
     found: set[tuple[Any, ...]] = set()
     for endpoint, resource_type, ids in _by_resource_type(keys):
-        where = _of_resources(conn, raw, endpoint, resource_type, ids)
+        where = of_resources(conn.dialect, raw, endpoint, resource_type, ids)
         found.update(tuple(row) for row in conn.execute(sa.select(*columns).where(where, raw.c.deleted)))
     return found
 
@@ -275,7 +270,7 @@ def _apply_deletions(
 
 def _is_line_table(table: sa.Table) -> bool:
     """A table with several rows per resource: its key is the resource key plus a line key."""
-    pk = _pk_names(table)
+    pk = pk_names(table)
     return len(pk) > len(RESOURCE_KEY) and pk[: len(RESOURCE_KEY)] == RESOURCE_KEY
 
 
@@ -290,29 +285,22 @@ def _by_resource_type(keys: set[tuple[Any, ...]]) -> Iterable[tuple[str, str, li
             yield endpoint, resource_type, ids[start : start + 1000]
 
 
-def _of_resources(
-    conn: Connection, table: sa.Table, endpoint: str, resource_type: str, ids: list[str]
-) -> Any:
-    """WHERE the row belongs to one of `ids` (one array parameter on PostgreSQL, not a long IN list)."""
-    if conn.dialect.name == "postgresql":
-        matches = table.c.resource_id == sa.any_(sa.literal(ids, postgresql.ARRAY(sa.String)))
-    else:
-        matches = table.c.resource_id.in_(ids)
-    return sa.and_(table.c.endpoint == endpoint, table.c.resource_type == resource_type, matches)
-
-
 def _keys_with_lines(conn: Connection, table: sa.Table, keys: set[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
     columns = [table.c[name] for name in RESOURCE_KEY]
     found: set[tuple[Any, ...]] = set()
     for endpoint, resource_type, ids in _by_resource_type(keys):
-        stmt = sa.select(*columns).distinct().where(_of_resources(conn, table, endpoint, resource_type, ids))
+        stmt = (
+            sa.select(*columns)
+            .distinct()
+            .where(of_resources(conn.dialect, table, endpoint, resource_type, ids))
+        )
         found.update(tuple(row) for row in conn.execute(stmt))
     return found
 
 
 def _delete_rows_of(conn: Connection, table: sa.Table, keys: set[tuple[Any, ...]]) -> None:
     for endpoint, resource_type, ids in _by_resource_type(keys):
-        conn.execute(table.delete().where(_of_resources(conn, table, endpoint, resource_type, ids)))
+        conn.execute(table.delete().where(of_resources(conn.dialect, table, endpoint, resource_type, ids)))
 
 
 def _raw_row(page: PageWrite, row: dict[str, Any], now: datetime) -> dict[str, Any]:
