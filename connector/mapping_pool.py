@@ -116,11 +116,11 @@ def _warm_up() -> None:
     """Build what validating each mapped type needs once per worker, not on its first page."""
     from connector.errors import MappingError
     from mappings.registry import MAPPERS
-    from mappings.validate import _model_class
     from mappings.validate_mapped import validate_mapped
+    from mappings.validate_strict import strict_validator
 
     for resource_type in MAPPERS:
-        _model_class(resource_type)
+        strict_validator(resource_type)
         with contextlib.suppress(MappingError):  # the point was building its schema
             validate_mapped({"resourceType": resource_type, "id": "warm-up"})
     freeze_startup_objects()

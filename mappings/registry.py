@@ -13,8 +13,8 @@ from typing import Any
 
 from mappings import denials, payer, referral
 from mappings.types import MapContext, MappedRecords, Mapper
-from mappings.validate import validate
 from mappings.validate_mapped import validate_mapped
+from mappings.validate_strict import validate_strict
 
 
 def _merge_mappers(*parts: Mapping[str, tuple[Mapper, ...]]) -> dict[str, tuple[Mapper, ...]]:
@@ -42,14 +42,14 @@ TARGET_TABLES: dict[str, tuple[str, ...]] = _merge_tables(
 def map_resource(resource: dict[str, Any], ctx: MapContext) -> MappedRecords:
     """Validate once, then run every mapper of the type and merge their rows.
 
-    Validation is the endpoint's level: `strict` checks the whole resource (fhir.resources R4B), `mapped`
-    what the mappers read. Raises MappingError with a one-line reason; types without a mapper are
+    Validation is the endpoint's level: `strict` checks the whole resource (as fhir.resources R4B does),
+    `mapped` what the mappers read. Raises MappingError with a one-line reason; types without a mapper are
     validated only (kept raw).
     """
     if ctx.options.validation == "mapped":
         validate_mapped(resource)
     else:
-        validate(resource)
+        validate_strict(resource)
     records: MappedRecords = {}
     for mapper in MAPPERS.get(resource["resourceType"], ()):
         for table, rows in mapper(resource, ctx).items():

@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import importlib
 import re
-import typing
-from collections import OrderedDict
 from functools import cache
 from typing import Any
 
-import orjson
 from pydantic import ValidationError
 
 from connector.errors import MappingError
@@ -90,94 +87,6 @@ def _model_class(resource_type: str) -> type[Any] | None:
         return None
     model = getattr(module, resource_type, None)
     return model if isinstance(model, type) else None
-
-
-#: Validated datatype values kept for reuse (per process); see `_with_validated_elements`.
-ELEMENT_CACHE_SIZE = 8192
-
-
-class _ElementCache:
-    """The R4B instances of recently validated element values, least recently used evicted first."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._items: OrderedDict[tuple[type[Any], bytes], Any] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def instance(self, model: type[Any], value: dict[str, Any]) -> Any:
-        key = (model, orjson.dumps(value))
-        found = self._items.get(key)
-        if found is not None:
-            self.hits += 1
-            self._items.move_to_end(key)
-            return found
-        self.misses += 1
-        instance = model.model_validate(value)  # raises on an invalid value: the caller falls back
-        self._items[key] = instance
-        if len(self._items) > self.size:
-            self._items.popitem(last=False)
-        return instance
-
-
-_ELEMENTS = _ElementCache(ELEMENT_CACHE_SIZE)
-
-
-def _datatype_of(annotation: Any) -> tuple[type[Any] | None, bool]:
-    """(R4B datatype class, is a list) of a field annotation; None for primitives and resources."""
-    klass = getattr(annotation, "get_model_klass", None)
-    if klass is not None:
-        model = klass()
-        # `contained` holds any resource type: left to the resource's own validation.
-        return (None, False) if model.__name__ in {"Resource", "DomainResource"} else (model, False)
-    for arg in typing.get_args(annotation):
-        if arg is type(None):
-            continue
-        model, is_list = _datatype_of(arg)
-        if model is not None:
-            return model, is_list or typing.get_origin(annotation) is list
-    return None, False
-
-
-@cache
-def _complex_elements(model: type[Any]) -> dict[str, tuple[type[Any], bool]]:
-    """JSON name -> (datatype class, is a list) of every complex-typed element of a resource model."""
-    out: dict[str, tuple[type[Any], bool]] = {}
-    for name, info in model.model_fields.items():
-        datatype, is_list = _datatype_of(info.annotation)
-        if datatype is not None:
-            out[info.alias or name] = (datatype, is_list)
-    return out
-
-
-def _with_validated_elements(model: type[Any], resource: dict[str, Any]) -> dict[str, Any]:
-    """The resource with each complex element value replaced by its validated R4B instance.
-
-    Validation is pure: the same element value always gets the same verdict, wherever it appears. Real
-    data repeats values (a code, a payer, a practitioner) across thousands of resources, so each
-    distinct value is validated once, and the resource's own model (its primitives, cardinalities,
-    choice types) accepts the instances as they are. Raises ValidationError when an element is invalid;
-    the caller then validates the plain resource to report every problem as usual.
-    """
-    shell = dict(resource)
-    for key, (datatype, is_list) in _complex_elements(model).items():
-        value = resource.get(key)
-        if value is None:
-            continue
-        if is_list:
-            if isinstance(value, list) and all(isinstance(item, dict) for item in value):
-                shell[key] = [_ELEMENTS.instance(datatype, item) for item in value]
-        elif isinstance(value, dict):
-            shell[key] = _ELEMENTS.instance(datatype, value)
-    return shell
-
-
-def _model_validate(model: type[Any], resource: dict[str, Any]) -> None:
-    try:
-        model.model_validate(_with_validated_elements(model, resource))
-    except (ValidationError, ValueError, TypeError, LookupError):
-        # Report exactly what validating the whole resource says (and in the same words).
-        model.model_validate(resource)
 
 
 def resource_label(resource: Any) -> str:
@@ -251,7 +160,10 @@ def too_deep(resource: Any, limit: int) -> bool:
 
 
 def validate(resource: dict[str, Any]) -> None:
-    """Raise `MappingError` (one line, no resource values) unless `resource` is a valid R4 resource."""
+    """Raise `MappingError` (one line, no resource values) unless `resource` is a valid R4 resource.
+
+    The reference judgement; `mappings.validate_strict.validate_strict` gives the same, faster.
+    """
     label = resource_label(resource)
     if not isinstance(resource, dict):
         raise MappingError(f"{label}: a resource must be a JSON object")
@@ -270,7 +182,7 @@ def validate(resource: dict[str, Any]) -> None:
         raise MappingError(f"{label}: invalid {rtype}: nested more than {MAX_DEPTH} levels deep")
     problems: list[str] = []
     try:
-        _model_validate(model, resource)
+        model.model_validate(resource)
     except ValidationError as exc:
         errors = exc.errors(include_input=False, include_url=False, include_context=False)
         problems = [f"{_format_loc(tuple(e['loc']))}: {_safe_message(resource, dict(e))}" for e in errors]

@@ -24,14 +24,10 @@ R4B judgements that look odd, matched on purpose (the contract is equivalence):
 from __future__ import annotations
 
 import copy
-import gzip
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import cache
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,63 +36,42 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter
 from pydantic_core import SchemaValidator
 
+import mappings.r4b_schemas as schemas
 import mappings.validate_mapped as vm
 from connector.errors import MappingError
 from connector.pipeline import map_resources
 from connector.streams import DATE_PARAM_ELEMENTS
+from mappings.r4b_schemas import nests_too_deep
 from mappings.referral import content_hash
 from mappings.registry import MAPPERS
 from mappings.types import MapContext
 from mappings.validate import MAX_DEPTH, _model_class, too_deep, validate
-from mappings.validate_mapped import (
-    READ_ELEMENTS,
-    nests_too_deep,
-    project,
-    required_elements,
-    validate_mapped,
+from mappings.validate_mapped import READ_ELEMENTS, project, required_elements, validate_mapped
+from tests.r4b_inputs import (
+    ANY_VALUES,
+    IDS,
+    KEYS,
+    RESOURCE_TYPES,
+    RESOURCES,
+    json_values,
+    mutate,
+    nested_extension,
+    node_at,
+    outcome,
+    valid_resources,
+    walk,
 )
 
-DATA = Path(__file__).parent / "data" / "fhir"
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 MUTATIONS_PER_RESOURCE = 5
 
 
-def _load() -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    for path in sorted(DATA.glob("*.ndjson")):
-        found += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    demo = resources.files("connector").joinpath("demo/data")
-    for entry in sorted(demo.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".ndjson.gz"):
-            text = gzip.decompress(entry.read_bytes()).decode("utf-8")
-            found += [json.loads(line) for line in text.splitlines() if line.strip()]
-    return found
-
-
-RESOURCES = _load()
-
-
-@cache
-def _valid() -> tuple[dict[str, Any], ...]:
-    """The resources R4B accepts whole."""
-    return tuple(r for r in RESOURCES if _outcome(validate, r) is None)
-
-
-def _outcome(check: Callable[[Any], None], resource: Any) -> str | None:
-    """None when `check` accepts, else the exception (any: R4B sometimes raises AttributeError)."""
-    try:
-        check(resource)
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
 def _assert_equivalent(resource: Any, what: str = "") -> None:
-    fast = _outcome(validate_mapped, resource)
+    fast = outcome(validate_mapped, resource)
     if fast is not None:
         assert fast.startswith("MappingError: "), f"{what}: {fast}"
     projected = project(resource) if isinstance(resource, dict) else resource
-    r4b = _outcome(validate, projected)
+    r4b = outcome(validate, projected)
     assert (fast is None) == (r4b is None), f"{what}\n  mapped: {fast}\n  R4B:    {r4b}"
 
 
@@ -106,7 +81,7 @@ def _assert_equivalent(resource: Any, what: str = "") -> None:
 def test_the_data_is_there_and_mostly_valid() -> None:
     assert len(RESOURCES) > 1000
     assert {r["resourceType"] for r in RESOURCES} >= set(READ_ELEMENTS)
-    assert len(_valid()) > 0.9 * len(RESOURCES)
+    assert len(valid_resources()) > 0.9 * len(RESOURCES)
 
 
 @pytest.mark.parametrize("rtype", sorted({r["resourceType"] for r in RESOURCES}))
@@ -189,10 +164,10 @@ class _Recording(dict):  # type: ignore[type-arg]
 
 def test_the_pipeline_and_mappers_read_only_projected_elements(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every top-level key looked at while mapping what `validate_mapped` accepts is one `project` keeps."""
-    monkeypatch.setattr("mappings.registry.validate", validate_mapped)
-    mutated = [_mutate(r, random.Random(i)) for i, r in enumerate(RESOURCES[::3])]
+    monkeypatch.setattr("mappings.registry.validate_strict", validate_mapped)
+    mutated = [mutate(r, random.Random(i)) for i, r in enumerate(RESOURCES[::3])]
     for resource in [*RESOURCES, *mutated]:
-        if _outcome(validate_mapped, resource) is not None:
+        if outcome(validate_mapped, resource) is not None:
             continue
         rtype = resource["resourceType"]
         dates = [None, *(e for (t, _), e in DATE_PARAM_ELEMENTS.items() if t == rtype)]
@@ -203,7 +178,7 @@ def test_the_pipeline_and_mappers_read_only_projected_elements(monkeypatch: pyte
 
 
 def test_an_explanation_of_benefit_with_an_error_element_is_invalid() -> None:
-    eob = next(r for r in _valid() if r["resourceType"] == "ExplanationOfBenefit")
+    eob = next(r for r in valid_resources() if r["resourceType"] == "ExplanationOfBenefit")
     with_error = {**eob, "error": [{"code": {"text": "x"}}]}
     _assert_equivalent(with_error)
     with pytest.raises(MappingError, match="error: Extra inputs are not permitted"):
@@ -230,7 +205,7 @@ def _mapped(mapper: Callable[..., Any], resource: dict[str, Any]) -> Any:
 @pytest.mark.parametrize("rtype", sorted(READ_ELEMENTS))
 def test_mappers_give_the_same_rows_for_the_projection(rtype: str) -> None:
     checked = 0
-    for resource in _valid():
+    for resource in valid_resources():
         if resource["resourceType"] != rtype:
             continue
         for mapper in MAPPERS[rtype]:
@@ -242,7 +217,7 @@ def test_mappers_give_the_same_rows_for_the_projection(rtype: str) -> None:
 @pytest.mark.parametrize("rtype", sorted(READ_ELEMENTS))
 def test_the_pipeline_gives_the_same_rows_for_the_projection(rtype: str) -> None:
     """`map_resources` reads meta, status (entered-in-error) and the date-param cursor as well."""
-    valid = [r for r in _valid() if r["resourceType"] == rtype]
+    valid = [r for r in valid_resources() if r["resourceType"] == rtype]
     erased = [{**r, "status": "entered-in-error"} for r in valid if "status" in r][:3]
     for resource in valid + erased:
         for date_element in [None, *(e for (t, _), e in DATE_PARAM_ELEMENTS.items() if t == rtype)]:
@@ -361,144 +336,10 @@ def test_r4b_judgements_are_matched(name: str) -> None:
     change, valid = ODDITIES[name]
     resource = {**COVERAGE, **change}
     _assert_equivalent(resource, name)
-    assert (_outcome(validate_mapped, resource) is None) == valid
+    assert (outcome(validate_mapped, resource) is None) == valid
 
 
 # -- mutations --------------------------------------------------------------------------------------
-
-_ANY_VALUES: list[Any] = [
-    "x", "", " ", "  two  spaces", "a\nb", 0, -1, 1, 1.5, -0.0, 10**20, 2**31, 2**63, True, False, None,
-    [], {}, ["x"], [None], [{}], {"x": 1}, {"extension": []}, "true", "1.50", "01", "1e3", "5", 5.0,
-    "2020", "2020-13", "2020-02-30", "2020-02-29", "2021-02-29", "2020-01-01T10:00:00",
-    "2020-01-01T10:00:00Z", "2020-01-01T10:00Z", "2020-01-01T24:00:00Z", "2016-12-31T23:59:60Z",
-    "2016-12-31T23:59:61Z", "2020-01-01T10:00:00+14:00", "2020-01-01T10:00:00+14:30", "0000-01-01",
-    "2020-01-01T10:00:00.123456789+01:00", "20200101", "10:00:00", "Patient/1", "#c", "urn:uuid:1",
-    '{"reference": "Patient/1"}', '{"bogus": 1}', "[1]", "{", "null", "active", "claim", "order",
-]  # fmt: skip
-_KEYS = [
-    "bogus", "fhir_comments", "resourceType", "resource_type", "_bogus", "id", "extension",
-    "modifierExtension", "valueString", "valueCode", "valueBoolean", "valueReference", "valuePeriod",
-    "occurrencePeriod", "occurrenceDateTime", "servicedDate", "servicedPeriod", "timingDate",
-    "locationCodeableConcept", "allowedUnsignedInt", "allowedString", "diagnosisReference", "boundsPeriod",
-    "class_fhir", "Jane Doe 1970-01-01", "",
-]  # fmt: skip
-_EXTENSIONS: list[Any] = [
-    {"extension": [{"url": "http://example.org/x", "valueString": "a"}]},
-    {
-        "extension": [
-            {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}
-        ]
-    },
-    {"id": "a"},
-    {},
-    {"extension": []},
-    {"extension": None},
-    {"fhir_comments": "c"},
-    {"extension": [{"valueString": "no url"}]},
-    [],
-    [None, {"id": "a"}],
-    "x",
-    '{"id": "a"}',
-    "[1]",
-    None,
-]
-_RESOURCE_TYPES: list[Any] = [
-    "Element", "Coding", "Extension", "FHIRPrimitiveExtension", "Narrative", "Resource", "DomainResource",
-    "Patient", "Observation", "Organization", "Practitioner", "Bogus", "coverage", "", None, 5,
-]  # fmt: skip
-_ELEMENT_TYPES: list[Any] = [
-    *_RESOURCE_TYPES, "Reference", "CodeableConcept", "Period", "Meta", "Identifier", "Money", "Quantity",
-    "HumanName", "Extension", "Annotation", "Timing", "Claim", "ServiceRequest",
-]  # fmt: skip
-_IDS: list[Any] = ["", 5, None, "a b", "x" * 64, "x" * 65, "é", "ok-1.2"]
-
-
-def _nodes(node: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any]]:
-    yield path, node
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _nodes(value, (*path, key))
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            yield from _nodes(value, (*path, index))
-
-
-def _at(root: Any, path: tuple[Any, ...]) -> Any:
-    for part in path:
-        root = root[part]
-    return root
-
-
-def _nested_extension(depth: int) -> dict[str, Any]:
-    node: dict[str, Any] = {"url": "http://example.org/leaf", "valueString": "x"}
-    for _ in range(depth):
-        node = {"url": "http://example.org/nest", "extension": [node]}
-    return node
-
-
-def _mutate(resource: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-    """One random change at a random place of the projected part of a copy of `resource`."""
-    out = copy.deepcopy(resource)
-    nodes = [(p, v) for p, v in _nodes(project(out)) if p]
-    if not nodes:
-        return out
-    path, value = rng.choice(nodes)
-    parent, key = _at(out, path[:-1]), path[-1]
-    op = rng.randrange(13)
-    if op == 0:  # another JSON type or value
-        parent[key] = rng.choice(_ANY_VALUES)
-    elif op == 1:  # a list where one value belongs, one value where a list belongs
-        parent[key] = value[0] if isinstance(value, list) and value else [value]
-    elif op == 2:  # empty
-        parent[key] = type(value)() if isinstance(value, str | list | dict) else None
-    elif op == 3:  # removed (a required element, a list item)
-        del parent[key]
-    elif op == 4:  # an unknown (or odd) key beside it
-        target = value if isinstance(value, dict) else parent if isinstance(parent, dict) else None
-        if target is not None:
-            name = rng.choice([*_KEYS, *(f"{k}__ext" for k in target)])
-            if name in ("resourceType", "resource_type"):
-                target[name] = rng.choice(_ELEMENT_TYPES)
-            else:
-                target[name] = rng.choice([*_ANY_VALUES, rng.choice(_EXTENSIONS)])
-    elif op == 5 and isinstance(parent, dict) and isinstance(key, str) and not key.startswith("_"):
-        parent[f"_{key}"] = rng.choice(_EXTENSIONS)  # a primitive's extension, maybe instead of it
-        if rng.random() < 0.5:
-            del parent[key]
-    elif op == 6 and isinstance(value, dict):  # R4B parses a JSON string where an element belongs
-        parent[key] = json.dumps(value) if rng.random() < 0.8 else json.dumps(value)[:-1]
-    elif op == 7 and isinstance(value, str):  # a code / date / text gone wrong
-        parent[key] = rng.choice(
-            [f" {value}", f"{value} ", value.replace("-", " - "), f"{value}\n", value.upper(), value[:-1], ""]
-        )
-    elif op == 8 and isinstance(value, list):  # a null in a list
-        value.insert(rng.randrange(len(value) + 1), None)
-    elif op == 9 and isinstance(value, dict):  # nested deep: over the limit, or just under
-        value["extension"] = [_nested_extension(rng.choice([5, 30, 31, 32, 40]))]
-    elif op == 10 and path[0] == "contained" and isinstance(value, dict):
-        value["resourceType"] = rng.choice(_RESOURCE_TYPES)
-        if rng.random() < 0.2:
-            del value["resourceType"]
-    elif op == 11:  # numbers where numbers are
-        parent[key] = rng.choice([-1, 0, 1, 2**31 - 1, 2**31, "3", 3.0, 3.5, True, "1.50", 1e-7])
-    else:  # an extension with two values, or none and no url
-        if isinstance(value, dict):
-            if not isinstance(value.get("extension"), list):
-                value["extension"] = []
-            value["extension"].append(
-                rng.choice(
-                    [
-                        {"url": "http://example.org/x", "valueString": "a", "valueCode": "b"},
-                        {"valueString": "a"},
-                        {"url": "http://example.org/x"},
-                        {"url": "http://example.org/x", "valueDecimal": "1.5"},
-                        {"url": "http://example.org/x", "valueDateTime": 1700000000},
-                    ]
-                )
-            )
-    if isinstance(out.get("meta"), dict) and rng.random() < 0.02:
-        out["meta"]["lastUpdated"] = rng.choice(["2026-01-01", "2026-01-01T00:00:00Z", 0, "bad"])
-    return out
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -508,9 +349,9 @@ def test_mutations_are_judged_alike(seed: int) -> None:
         if index % 4 != seed:
             continue
         for _ in range(MUTATIONS_PER_RESOURCE):
-            mutated = _mutate(resource, rng)
+            mutated = mutate(resource, rng)
             if rng.random() < 0.3:
-                mutated = _mutate(mutated, rng)
+                mutated = mutate(mutated, rng)
             _assert_equivalent(mutated, f"seed {seed}, {resource['resourceType']}/{resource.get('id')}")
 
 
@@ -518,25 +359,25 @@ def test_top_level_type_and_id_are_judged_alike() -> None:
     rng = random.Random(7)
     samples = [r for r in RESOURCES if r["resourceType"] in READ_ELEMENTS][::40]
     for resource in samples:
-        for rtype in _RESOURCE_TYPES:
+        for rtype in RESOURCE_TYPES:
             _assert_equivalent({**resource, "resourceType": rtype}, f"resourceType {rtype!r}")
-        for rid in _IDS:
+        for rid in IDS:
             _assert_equivalent({**resource, "id": rid}, f"id {rid!r}")
         _assert_equivalent({k: v for k, v in resource.items() if k != "id"})
-        _assert_equivalent({**resource, "text": rng.choice(_ANY_VALUES), "bogusElement": 1}, "unread")
+        _assert_equivalent({**resource, "text": rng.choice(ANY_VALUES), "bogusElement": 1}, "unread")
     for value in [None, [], "ServiceRequest", 5]:
         _assert_equivalent(value, repr(value))
 
 
 def test_hostile_shapes_are_judged_alike() -> None:
-    base = next(r for r in _valid() if r["resourceType"] == "ServiceRequest")
+    base = next(r for r in valid_resources() if r["resourceType"] == "ServiceRequest")
     contained: dict[str, Any] = {"resourceType": "Basic", "id": "b0", "code": {"text": "x"}}
     for n in range(1, 40):
         contained = {"resourceType": "Basic", "id": f"b{n}", "code": {"text": "x"}, "contained": [contained]}
     # (resource, whether it is invalid where it is read); the rest are valid or not read.
     cases = [
-        ({**base, "extension": [_nested_extension(200)]}, False),  # ServiceRequest.extension: not read
-        ({**base, "note": [{"text": "x", "extension": [_nested_extension(200)]}]}, True),
+        ({**base, "extension": [nested_extension(200)]}, False),  # ServiceRequest.extension: not read
+        ({**base, "note": [{"text": "x", "extension": [nested_extension(200)]}]}, True),
         ({**base, "contained": [contained]}, True),
         ({**base, "note": [{"text": "A" * 100_000}]}, False),
         ({**base, "status": ["active"]}, True),
@@ -549,34 +390,18 @@ def test_hostile_shapes_are_judged_alike() -> None:
     ]
     for case, invalid in cases:
         _assert_equivalent(case)
-        assert (_outcome(validate_mapped, case) is not None) == invalid
-
-
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=12)
-    | st.from_regex(
-        r"\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?(Z|[+-]\d{2}:\d{2})?)?)?)?", fullmatch=True
-    ),
-    lambda children: (
-        st.lists(children, max_size=3) | st.dictionaries(st.sampled_from(_KEYS), children, max_size=3)
-    ),
-    max_leaves=6,
-)
+        assert (outcome(validate_mapped, case) is not None) == invalid
 
 
 @settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_hypothesis_values_anywhere_are_judged_alike(data: st.DataObject) -> None:
     resource = copy.deepcopy(data.draw(st.sampled_from(RESOURCES)))
-    nodes = [p for p, _ in _nodes(project(resource)) if p]
+    nodes = [p for p, _ in walk(project(resource)) if p]
     path = data.draw(st.sampled_from(nodes))
-    parent = _at(resource, path[:-1])
+    parent = node_at(resource, path[:-1])
     if data.draw(st.booleans()) and isinstance(parent, dict):
-        parent[data.draw(st.sampled_from(_KEYS))] = data.draw(json_values)
+        parent[data.draw(st.sampled_from(KEYS))] = data.draw(json_values)
     else:
         parent[path[-1]] = data.draw(json_values)
     _assert_equivalent(resource, repr(path))
@@ -596,7 +421,7 @@ def _primitive_inputs(rng: random.Random) -> list[Any]:
         "fraction": ["", ".1", ".123456", ".1234567890", "."],
         "zone": ["Z", "+00:00", "-05:00", "+14:00", "+14:01", "+13:59", "-15:00", "", "z", " Z"],
     }
-    out: list[Any] = [v for v in _ANY_VALUES if not isinstance(v, dict | list)]
+    out: list[Any] = [v for v in ANY_VALUES if not isinstance(v, dict | list)]
     out += [86400, 86401, -86400, 1e20, 2**70, "1.", "-", "0.0", " 1", "1 ", "\u0661", "1E+3", "-0", "+1"]
     for _ in range(1500):
         pick = {name: rng.choice(values) for name, values in parts.items()}
@@ -616,23 +441,21 @@ def test_native_primitives_accept_what_fhir_core_accepts(kind: str) -> None:
     from fhir.resources.R4B import fhirtypes
 
     r4b_type, native = {
-        "date": (fhirtypes.DateType, vm._date),
-        "dateTime": (fhirtypes.DateTimeType, vm._datetime),
-        "instant": (fhirtypes.InstantType, vm._instant),
-        "time": (fhirtypes.TimeType, vm._time),
-        "decimal": (fhirtypes.DecimalType, vm._decimal),
-        "url": (fhirtypes.UrlType, vm._url),
+        "date": (fhirtypes.DateType, schemas._date),
+        "dateTime": (fhirtypes.DateTimeType, schemas._datetime),
+        "instant": (fhirtypes.InstantType, schemas._instant),
+        "time": (fhirtypes.TimeType, schemas._time),
+        "decimal": (fhirtypes.DecimalType, schemas._decimal),
+        "url": (fhirtypes.UrlType, schemas._url),
     }[kind]
     r4b = TypeAdapter(r4b_type)
     mine = SchemaValidator(native())
     for value in _primitive_inputs(random.Random(kind)):
-        assert (_outcome(r4b.validate_python, value) is None) == (
-            _outcome(mine.validate_python, value) is None
+        assert (outcome(r4b.validate_python, value) is None) == (
+            outcome(mine.validate_python, value) is None
         ), repr(value)
         text = json.dumps(value)
-        assert (_outcome(r4b.validate_json, text) is None) == (_outcome(mine.validate_json, text) is None), (
-            text
-        )
+        assert (outcome(r4b.validate_json, text) is None) == (outcome(mine.validate_json, text) is None), text
 
 
 def _nested(rng: random.Random, depth: int) -> Any:
@@ -656,7 +479,7 @@ def test_depth_check_agrees_with_too_deep() -> None:
             assert nests_too_deep(value) == too_deep(value, MAX_DEPTH), (odd, depth)
     for resource in RESOURCES:
         assert not nests_too_deep(resource)
-        assert nests_too_deep({**resource, "extension": [_nested_extension(32)]})
+        assert nests_too_deep({**resource, "extension": [nested_extension(32)]})
 
 
 # -- messages ---------------------------------------------------------------------------------------
@@ -664,7 +487,7 @@ def test_depth_check_agrees_with_too_deep() -> None:
 
 def test_messages_are_one_line_in_the_style_of_validate_and_echo_no_values() -> None:
     secret = "Jane-Doe-1970"
-    base = next(r for r in _valid() if r["resourceType"] == "Claim")
+    base = next(r for r in valid_resources() if r["resourceType"] == "Claim")
     cases = {
         "status": {**base, "status": f"{secret} x"},
         "created": {**base, "created": secret},
