@@ -617,7 +617,7 @@ schedule = "*/15 * * * *"                  # cron, used by `connector serve`
 page_size = 200                            # _count per search page
 overlap_seconds = 60                       # re-read this much before the watermark (duplicates are harmless)
 incremental = "auto"                       # auto | last-updated | date-param | full
-validation = "strict"                      # strict: whole resources (FHIR R4); mapped: what is mapped, faster
+validation = "strict"                      # strict: whole resources (FHIR R4); mapped: only what is mapped
 # verify_tls = false                       # only for a test server with a self-signed certificate
 
 # Write back to the EMR (off by default): a Task per new referral, a MeasureReport per week.

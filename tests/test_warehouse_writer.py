@@ -15,8 +15,10 @@ from sqlalchemy.engine import Engine
 
 from connector.errors import WarehouseError
 from connector.warehouse.deadletter import list_dead_letters
+from connector.warehouse.engine import make_engine, migrate
 from connector.warehouse.models import Base
 from connector.warehouse.state import get_watermark, reset_watermark, watermarks
+from connector.warehouse.upsert import batch_sizes
 from connector.warehouse.writer import PageWrite, Reject, content_hash, upsert_rows, write_page
 
 RAW = Base.metadata.tables["raw_resource"]
@@ -467,3 +469,37 @@ def test_write_page_joins_the_callers_transaction(engine: Engine) -> None:
         write_page(engine, page(raw=[raw_row("r4", 1, when=T0)]), conn=conn)
     assert stored(engine, "r3") is None
     assert stored(engine, "r4") is not None
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 100, 500])
+def test_batch_sizes_cover_the_rows_with_few_distinct_sizes(batch_size: int) -> None:
+    seen: set[int] = set()
+    for total in range(0, 3 * batch_size + 2):
+        sizes = batch_sizes(total, batch_size)
+        assert sum(sizes) == total
+        assert all(0 < size <= batch_size for size in sizes)
+        assert len(sizes) - total // batch_size <= batch_size.bit_length()
+        seen.update(sizes)
+    # A statement per distinct size: full batches and at most one per power of two below them.
+    assert seen <= {batch_size} | {1 << k for k in range(batch_size.bit_length())}
+
+
+def test_sqlite_prepares_a_bounded_set_of_statements(sqlite_url: str) -> None:
+    """sqlite3 caches prepared statements per connection: one per row count would grow memory with the
+    data (each page's remainder its own multi-row statement)."""
+    eng = make_engine(sqlite_url)
+    migrate(eng)
+    statements: set[str] = set()
+
+    @sa.event.listens_for(eng, "before_cursor_execute")
+    def _seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith("INSERT INTO raw_resource"):
+            statements.add(statement)
+
+    try:
+        for count in range(1, 120):
+            rows = [raw_row(f"sr-{count}-{i}", 1, when=T0) for i in range(count)]
+            assert upsert(eng, rows, batch_size=50) == count
+    finally:
+        eng.dispose()
+    assert 0 < len(statements) <= 7  # 50 and 32, 16, 8, 4, 2, 1: not one per count

@@ -264,7 +264,25 @@ def _executemany_upsert(
     target = _bind_table(table)
     stmt = _newer_wins(insert_for(conn, target), target, names).returning(*(target.c[n] for n in returning))
     written: list[tuple[Any, ...]] = []
-    for start in range(0, len(values), batch_size):
-        params = [dict(zip(names, row, strict=True)) for row in values[start : start + batch_size]]
+    start = 0
+    for size in batch_sizes(len(values), batch_size):
+        params = [dict(zip(names, row, strict=True)) for row in values[start : start + size]]
         written.extend(tuple(row) for row in conn.execute(stmt, params))
+        start += size
     return written
+
+
+def batch_sizes(total: int, batch_size: int) -> list[int]:
+    """Rows per statement: full batches, then the rest in powers of two (at most one of each).
+
+    Each row count is its own multi-row statement, and sqlite3 keeps the last 128 prepared per connection
+    (large ones: every row's placeholders). With any remainder its own size, that cache filled up with
+    one-off statements and memory grew with the data; now a table has at most a dozen statements.
+    """
+    sizes = [batch_size] * (total // batch_size)
+    rest = total % batch_size
+    while rest:
+        chunk = 1 << (rest.bit_length() - 1)
+        sizes.append(chunk)
+        rest -= chunk
+    return sizes
