@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -161,9 +162,11 @@ def _reject_payload(resource: Any) -> dict[str, Any]:
     if too_deep(resource, MAX_DEPTH):
         return {"id": _reject_id(resource), "note": f"not kept: nested more than {MAX_DEPTH} levels deep"}
     try:
-        orjson.dumps(resource)
+        text = orjson.dumps(resource)
     except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits
         return {"id": _reject_id(resource), "note": "not kept: not storable as JSON"}
+    if _holds_nul(text):
+        return {"id": _reject_id(resource), "note": "not kept: a string holds NUL (PostgreSQL refuses it)"}
     return resource if isinstance(resource, dict) else {"value": resource}
 
 
@@ -233,11 +236,25 @@ def map_resources(
 def _canonical(resource: dict[str, Any]) -> bytes:
     """The resource as canonical JSON (sorted keys): what is stored and hashed."""
     try:
-        return canonical_json(resource)
+        text = canonical_json(resource)
     except orjson.JSONEncodeError as exc:  # an integer beyond 64 bits, nesting beyond orjson's limit
         raise MappingError(
             f"{resource_label(resource)}: cannot store the resource: {type(exc).__name__}"
         ) from None
+    if _holds_nul(text):
+        # Valid JSON and valid FHIR, but PostgreSQL cannot store it (jsonb and text refuse NUL): a dead
+        # letter on every database, instead of a page that fails on PostgreSQL again on every retry.
+        raise MappingError(f"{resource_label(resource)}: cannot store the resource: a string holds NUL")
+    return text
+
+
+#: `\u0000` as a JSON escape, not preceded by an escaped backslash (which would make it text).
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _holds_nul(text: bytes) -> bool:
+    """Whether JSON text (as orjson writes it) has a string holding the NUL character."""
+    return b"\\u0000" in text and _NUL_ESCAPE.search(text) is not None
 
 
 def _map_one(resource: dict[str, Any], ctx: MapContext) -> dict[str, list[dict[str, Any]]]:

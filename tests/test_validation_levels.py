@@ -12,6 +12,7 @@ import pytest
 from connector.config import load_settings
 from connector.errors import ConfigError
 from connector.pipeline import map_resources
+from connector.warehouse.writer import PageWrite, write_page
 from mappings.types import MappingOptions
 
 SYNCED_AT = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
@@ -126,3 +127,32 @@ def test_a_mapper_tripping_on_an_odd_shape_is_a_dead_letter(
     )
     assert page.raw == []
     assert page.rejects[0].error == "ServiceRequest/sr-1: cannot map: AttributeError"
+
+
+@pytest.mark.parametrize("level", ["strict", "mapped"])
+def test_a_string_holding_nul_is_a_dead_letter_that_any_database_stores(level: str, engine: Any) -> None:
+    """Valid JSON and FHIR, but PostgreSQL refuses NUL in jsonb and text: without this the page failed on
+    PostgreSQL on every retry and held the stream back."""
+    nul = copy.deepcopy(REFERRAL) | {"id": "nul", "note": [{"text": "before\u0000after"}]}
+    # Text that merely shows a backslash-u0000 (an escaped backslash in JSON) is fine.
+    shown = copy.deepcopy(REFERRAL) | {"id": "shown", "note": [{"text": "C:\\u0000 \\\\u0000"}]}
+    page = map_resources(
+        "emr", "ServiceRequest", [nul, shown], SYNCED_AT, options=MappingOptions(validation=level)
+    )
+    assert [row["resource_id"] for row in page.raw] == ["shown"]
+    assert [(r.resource_id, r.payload) for r in page.rejects] == [
+        ("nul", {"id": "nul", "note": "not kept: a string holds NUL (PostgreSQL refuses it)"})
+    ]
+    assert "holds NUL" in page.rejects[0].error
+    assert "before" not in page.rejects[0].error
+    written = write_page(
+        engine,
+        PageWrite(
+            endpoint="emr",
+            resource_type="ServiceRequest",
+            raw=page.raw,
+            mapped=page.mapped,
+            rejects=page.rejects,
+        ),
+    )
+    assert (written.loaded, written.rejected) == (1, 1)

@@ -332,6 +332,25 @@ def test_write_page_error_holds_no_resource_values(engine: Engine) -> None:
     assert info.value.__cause__ is None
 
 
+@pytest.mark.postgres
+def test_a_row_postgresql_copy_refuses_is_a_clear_error_without_its_values(pg_url: str) -> None:
+    """COPY's error names the row in a CONTEXT line (with its values): the page fails like any other
+    database error, one line, nothing chained, and writes nothing."""
+    eng = make_engine(pg_url)
+    migrate(eng)
+    row = raw_row("r1", 1, when=T0)
+    row["resource_id"] = "Jane\x00Roe"  # PostgreSQL text cannot hold NUL: COPY refuses the row
+    try:
+        with pytest.raises(WarehouseError, match=r"writing a ServiceRequest page of emr failed: \w+") as info:
+            write_page(eng, page(raw=[raw_row("r0", 1, when=T0), row]))
+        assert count(eng, "raw_resource") == 0
+    finally:
+        eng.dispose()
+    assert "Jane" not in str(info.value)
+    assert "\n" not in str(info.value)
+    assert info.value.__cause__ is None
+
+
 def test_write_page_unknown_table_writes_nothing(engine: Engine) -> None:
     with pytest.raises(WarehouseError, match="no warehouse table named 'nope'"):
         write_page(engine, page(raw=[raw_row("r1", 1, when=T0)], mapped={"nope": [{"x": 1}]}))

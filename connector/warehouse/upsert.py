@@ -15,6 +15,7 @@ from functools import cache
 from typing import Any
 
 import orjson
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -154,21 +155,21 @@ def _bind_values(
 ) -> list[tuple[Any, ...]]:
     """Row tuples in `names` order, JSON as text and (with `times`, for COPY, which bypasses the column
     types) timestamps refused unless time-zone aware, as `UTCDateTime` does."""
-    json_at = [i for i, name in enumerate(names) if isinstance(table.c[name].type, sa.JSON)]
-    time_at = [i for i, name in enumerate(names) if isinstance(table.c[name].type, UTCDateTime)]
-    if not times:
-        time_at = []
-    out = []
-    for row in rows:
-        values = [row.get(name) for name in names]
-        for i in json_at:
-            values[i] = _json_text(values[i])
-        for i in time_at:
-            value = values[i]
-            if value is not None and (type(value) is not datetime or value.utcoffset() is None):
-                _refuse(table.c[names[i]].type, value, conn.dialect)
-        out.append(tuple(values))
-    return out
+    width = len(names)  # the union of the rows' keys: a row with as many has every one
+    if width > 1 and all(len(row) == width for row in rows):
+        values: list[Any] = list(map(operator.itemgetter(*names), rows))  # in C
+    else:
+        values = [tuple(row.get(name) for name in names) for row in rows]
+    for i, name in enumerate(names):
+        column_type = table.c[name].type
+        if isinstance(column_type, sa.JSON):
+            if not all(type(v[i]) is JsonText for v in values):
+                values = [(*v[:i], _json_text(v[i]), *v[i + 1 :]) for v in values]
+        elif times and isinstance(column_type, UTCDateTime):
+            for value in (v[i] for v in values):
+                if value is not None and (type(value) is not datetime or value.utcoffset() is None):
+                    _refuse(column_type, value, conn.dialect)
+    return values
 
 
 def _refuse(column_type: UTCDateTime, value: Any, dialect: sa.Dialect) -> None:
@@ -192,14 +193,13 @@ def _stage_table(table: sa.Table) -> sa.Table:
 @cache
 def _copy_statements(
     table: sa.Table, names: tuple[str, ...], returning: tuple[str, ...]
-) -> tuple[str, str, str, sa.Insert]:
+) -> tuple[str, str, sa.Insert]:
     stage = _stage_table(table)
     quote = sa.dialects.postgresql.dialect().identifier_preparer.quote
-    create = (
-        f"CREATE TEMP TABLE IF NOT EXISTS {quote(stage.name)} "
-        f"({', '.join(f'{quote(c.name)} {_pg_type(table, c.name)}' for c in stage.columns)})"
-    )
-    truncate = f"TRUNCATE {quote(stage.name)}"
+    columns = ", ".join(f"{quote(c.name)} {_pg_type(table, c.name)}" for c in stage.columns)
+    # Both in one round trip (no parameters): the staging table lives as long as the session, and is
+    # emptied for each use.
+    prepare = f"CREATE TEMP TABLE IF NOT EXISTS {quote(stage.name)} ({columns}); TRUNCATE {quote(stage.name)}"
     copy = f"COPY {quote(stage.name)} ({', '.join(quote(n) for n in names)}) FROM STDIN"
     selected = [
         sa.cast(stage.c[n], table.c[n].type) if isinstance(table.c[n].type, sa.JSON) else stage.c[n]
@@ -209,7 +209,7 @@ def _copy_statements(
     stmt = sa.dialects.postgresql.insert(table).from_select(
         list(names), sa.select(*selected).order_by(*(stage.c[n] for n in pk))
     )
-    return create, truncate, copy, _newer_wins(stmt, table, names).returning(*(table.c[n] for n in returning))
+    return prepare, copy, _newer_wins(stmt, table, names).returning(*(table.c[n] for n in returning))
 
 
 def _pg_type(table: sa.Table, name: str) -> str:
@@ -226,15 +226,18 @@ def _copy_upsert(
     values: list[tuple[Any, ...]],
     returning: tuple[str, ...],
 ) -> list[tuple[Any, ...]]:
-    create, truncate, copy_sql, stmt = _copy_statements(table, names, returning)
+    prepare, copy_sql, stmt = _copy_statements(table, names, returning)
     # Inside the caller's transaction: a failed page leaves nothing, the staging table included.
-    conn.exec_driver_sql(create)
-    conn.exec_driver_sql(truncate)
+    conn.exec_driver_sql(prepare)
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         with cursor.copy(copy_sql) as copy:
             for row in values:
                 copy.write_row(row)
+    except psycopg.Error as exc:
+        # As SQLAlchemy wraps what it executes, so callers see one kind of database error (and its
+        # message, whose CONTEXT line quotes the row, is cut to the first line by `db_error_message`).
+        raise sa.exc.DBAPIError.instance(copy_sql, None, exc, psycopg.Error, hide_parameters=True) from None
     finally:
         cursor.close()
     return [tuple(row) for row in conn.execute(stmt)]
