@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 from pathlib import Path
 
 import httpx
@@ -47,6 +48,36 @@ CAPS = {"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1"}
 
 def test_tls_is_verified_by_default() -> None:
     assert EndpointSettings(name="x", base_url=BASE).verify_tls is True
+
+
+@pytest.mark.parametrize("verify_tls", [True, False])
+def test_clients_verify_certificates_and_host_names_unless_turned_off(
+    verify_tls: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The verifying TLS context is built once per process (loading the CA bundle is slow) and shared."""
+    seen: list[object] = []
+    real = httpx.AsyncClient
+
+    def capture(**kwargs: object) -> httpx.AsyncClient:
+        seen.append(kwargs["verify"])
+        return real(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(httpx, "AsyncClient", capture)
+
+    async def open_twice() -> None:
+        for _ in range(2):
+            async with FhirClient(_endpoint(verify_tls=verify_tls)):
+                pass
+
+    asyncio.run(open_twice())
+    if not verify_tls:
+        assert seen == [False, False]
+        return
+    first, second = seen
+    assert first is second
+    assert isinstance(first, ssl.SSLContext)
+    assert first.verify_mode == ssl.CERT_REQUIRED
+    assert first.check_hostname is True
 
 
 def test_turning_tls_off_warns_on_every_run_naming_the_endpoint(caplog: pytest.LogCaptureFixture) -> None:
