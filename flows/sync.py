@@ -22,6 +22,8 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
 from sqlalchemy.engine import Engine
 
 from connector.bulk_sync import run_bulk_backfill, should_use_bulk
@@ -368,9 +370,28 @@ async def _run_jobs(jobs: list[StreamJob], endpoint_name: str, settings: Setting
     parallel = settings.runtime.parallel_streams(endpoint_name)
     # The tag lets a Prefect tag concurrency limit cap one EMR across every worker and machine
     # (`prefect concurrency-limit create endpoint:NAME N`); the semaphore caps it within this run.
-    stream_task = sync_stream.with_options(tags=[f"endpoint:{endpoint_name}"])
+    stream_task = sync_stream.with_options(tags=await endpoint_tags(endpoint_name))
     with build_task_runner(settings.runtime, min(parallel, max(len(jobs), 1))) as runner:
         return await run_bounded(jobs, parallel, lambda job: runner.submit(stream_task, {"job": job}))
+
+
+async def endpoint_tags(endpoint_name: str) -> list[str]:
+    """`endpoint:NAME` for the stream tasks when a Prefect concurrency limit on that tag exists.
+
+    A tagged task asks the Prefect server for a slot of each tag's limit as it starts, even when there is
+    none; several stream tasks asking at once got a SQLite-backed server (the temporary one included) to
+    answer 503, and each waited about two seconds to ask again: most of a sync with nothing new. One look
+    per run instead; when the server cannot say, the tag stays and the task engine asks as before.
+    """
+    tag = f"endpoint:{endpoint_name}"
+    try:
+        async with get_client() as client:
+            await client.read_global_concurrency_limit_by_name(f"tag:{tag}")
+    except ObjectNotFound:
+        return []
+    except Exception as exc:  # unreachable, refused: keep the tag (and its limit)
+        get_run_logger().debug("concurrency limit lookup failed: %s", type(exc).__name__)
+    return [tag]
 
 
 def _advance_window_watermarks(

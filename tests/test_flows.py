@@ -420,3 +420,39 @@ def test_first_sync_of_a_bulk_server_uses_export_then_searches_incrementally(
     finally:
         engine.dispose()
     assert search.calls.last.request.url.params["_lastUpdated"].startswith("gt2026-11-20T09:59:00")
+
+
+def test_stream_tasks_carry_the_endpoint_tag_only_when_a_limit_on_it_exists(prefect_harness: None) -> None:
+    """Without a limit the tag only made every stream task ask the server for a slot as it started."""
+    from prefect.client.orchestration import get_client
+
+    from flows.sync import endpoint_tags
+
+    async def tags_before_and_after_a_limit() -> tuple[list[str], list[str]]:
+        before = await endpoint_tags("tagged-emr")
+        async with get_client() as client:
+            await client.create_concurrency_limit(tag="endpoint:tagged-emr", concurrency_limit=2)
+        try:
+            return before, await endpoint_tags("tagged-emr")
+        finally:
+            async with get_client() as client:
+                await client.delete_concurrency_limit_by_tag("endpoint:tagged-emr")
+
+    before, after = asyncio.run(tags_before_and_after_a_limit())
+    assert before == []
+    assert after == ["endpoint:tagged-emr"]
+
+
+def test_a_failed_limit_lookup_keeps_the_tag(monkeypatch: pytest.MonkeyPatch) -> None:
+    import flows.sync
+
+    class Unreachable:
+        async def __aenter__(self) -> Unreachable:
+            raise OSError("connection refused")
+
+        async def __aexit__(self, *_exc: object) -> None:
+            return None
+
+    monkeypatch.setattr(flows.sync, "get_client", Unreachable)
+    monkeypatch.setattr(flows.sync, "get_run_logger", lambda: __import__("logging").getLogger("test"))
+    assert asyncio.run(flows.sync.endpoint_tags("north")) == ["endpoint:north"]
