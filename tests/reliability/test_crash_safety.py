@@ -109,11 +109,14 @@ def spawn(*args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        # Its own process group, killed whole: the CLI's temporary Prefect server (a child process) dies
+        # with it, as in a container or a systemd unit, instead of outliving the test run.
+        start_new_session=True,
     )
 
 
 def kill(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     assert proc.wait(30) == -signal.SIGKILL
 
 
