@@ -8,8 +8,6 @@ allows for the job, which the connector's `mapped` level is compared with.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from collections.abc import Sequence
 
@@ -20,7 +18,7 @@ import sqlalchemy as sa
 
 from bench.data import TYPES
 from bench.flat import COLUMNS, flat_row, pages
-from bench.result import RunResult
+from bench.result import RunResult, runner_main
 
 TABLE = "bench_floor"
 DDL = f"""
@@ -73,13 +71,13 @@ def run(base: str, url: str, *, page_size: int = 1000, resource_types: Sequence[
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.splitlines()[0])
-    parser.add_argument("--base", required=True, help="FHIR base URL, e.g. http://127.0.0.1:PORT/n20000")
-    parser.add_argument("--url", required=True, help="PostgreSQL URL (postgresql+psycopg://...)")
-    parser.add_argument("--page-size", type=int, default=1000)
-    args = parser.parse_args(argv)
-    result = run(args.base, args.url, page_size=args.page_size)
-    sys.stdout.write(result.to_json() + "\n")
+    runner_main(
+        "python -m bench.floor",
+        __doc__.splitlines()[0],
+        "PostgreSQL URL (postgresql+psycopg://...)",
+        run,
+        argv,
+    )
 
 
 if __name__ == "__main__":

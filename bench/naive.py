@@ -10,9 +10,7 @@ per page. The connector's `strict` level is compared with it. Runs on PostgreSQL
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -24,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from bench.data import TYPES
 from bench.flat import flat_row, pages
-from bench.result import RunResult
+from bench.result import RunResult, runner_main
 
 metadata = sa.MetaData()
 table = sa.Table(
@@ -90,15 +88,13 @@ def run(base: str, url: str, *, page_size: int = 1000, resource_types: Sequence[
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.naive", description=__doc__.splitlines()[0])
-    parser.add_argument("--base", required=True, help="FHIR base URL, e.g. http://127.0.0.1:PORT/n20000")
-    parser.add_argument(
-        "--url", required=True, help="SQLAlchemy URL (postgresql+psycopg://... or sqlite:///...)"
+    runner_main(
+        "python -m bench.naive",
+        __doc__.splitlines()[0],
+        "SQLAlchemy URL (postgresql+psycopg://... or sqlite:///...)",
+        run,
+        argv,
     )
-    parser.add_argument("--page-size", type=int, default=1000)
-    args = parser.parse_args(argv)
-    result = run(args.base, args.url, page_size=args.page_size)
-    sys.stdout.write(result.to_json() + "\n")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,3 +29,20 @@ class RunResult:
     def from_json(cls, text: str) -> RunResult:
         data: dict[str, Any] = orjson.loads(text)
         return cls(**data)
+
+
+def runner_main(
+    prog: str,
+    description: str,
+    url_help: str,
+    run: Callable[..., RunResult],
+    argv: Sequence[str] | None = None,
+) -> None:
+    """A runner's command line: `--base`, `--url`, `--page-size`; prints its RunResult as one JSON line."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--base", required=True, help="FHIR base URL, e.g. http://127.0.0.1:PORT/n20000")
+    parser.add_argument("--url", required=True, help=url_help)
+    parser.add_argument("--page-size", type=int, default=1000)
+    args = parser.parse_args(argv)
+    result = run(args.base, args.url, page_size=args.page_size)
+    sys.stdout.write(result.to_json() + "\n")

@@ -30,9 +30,9 @@ from connector.progress import sink
 from connector.pushback.intents import intents
 from connector.streams import Plan
 from connector.warehouse import state
-from connector.warehouse.canonical import canonical_json, digest
 from connector.warehouse.upsert import JsonText
 from connector.warehouse.writer import PageWrite, Reject, write_page
+from mappings.canonical import canonical_json, digest
 from mappings.elements import parse_fhir_datetime, resource_meta
 from mappings.registry import map_resource
 from mappings.types import MapContext, MappingOptions

@@ -14,7 +14,6 @@ clinician or organization, unless the requester is the patient or a relative.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import orjson
 
 from connector.errors import MappingError
+from mappings.canonical import canonical_json, digest
 from mappings.discipline import code_tokens, discipline_of
 from mappings.elements import (
     CPT,
@@ -50,7 +50,7 @@ from mappings.visit import appointment_columns, encounter_columns
 def content_hash(resource: dict[str, Any]) -> str:
     """sha256 of the canonical JSON (sorted keys), so an unchanged resource is recognised on re-sync."""
     try:
-        return hashlib.sha256(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        return digest(canonical_json(resource))
     except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits
         label = resource_label(resource)
         raise MappingError(f"{label}: cannot serialise resource: {type(exc).__name__}") from None

@@ -47,7 +47,7 @@ def accepts(resource: Any) -> bool:
     rtype = resource.get("resourceType")
     if not isinstance(rtype, str):
         return False
-    validator = _VALIDATORS.get(rtype) or strict_validator(rtype)
+    validator = strict_validator(rtype)
     rid = resource.get("id")
     if validator is None or not isinstance(rid, str) or not rid or nests_too_deep(resource):
         return False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import gzip
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib import resources as package_files
 from typing import Any
@@ -22,6 +22,7 @@ from connector.pipeline import MapJob, MappedPage, map_page, run_stream
 from connector.streams import Plan
 from connector.warehouse import state
 from mappings.types import MappingOptions
+from tests.pages import pages_of
 
 SYNCED_AT = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
 PLAN = Plan("ServiceRequest", "last-updated", None, "test")
@@ -103,19 +104,13 @@ def _load(engine: Engine, workers: int) -> tuple[int, str | None, list[tuple[str
     for n, resource in enumerate(resources):
         resource["meta"] = {"versionId": "1", "lastUpdated": f"2026-11-01T10:{n // 60:02d}:{n % 60:02d}Z"}
 
-    async def pages() -> AsyncIterator[Page]:
-        for number, start in enumerate(range(0, len(resources), 100), 1):
-            yield Page(
-                resources=resources[start : start + 100], included=[], bundle_last_updated=None, number=number
-            )
-
     endpoint = EndpointSettings(name="clinic", base_url="https://emr.test/fhir")
     result = asyncio.run(
         run_stream(
             engine=engine,
             endpoint=endpoint,
             plan=PLAN,
-            pages=pages(),
+            pages=pages_of(resources, 100),
             run_id="r",
             synced_at=SYNCED_AT,
             batch_size=100,

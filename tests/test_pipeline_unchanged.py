@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,10 +13,10 @@ from sqlalchemy.engine import Engine
 
 import mappings.registry
 from connector.config import EndpointSettings
-from connector.fhir.page import Page
 from connector.pipeline import StreamResult, run_stream
 from connector.streams import Plan
 from connector.warehouse import state
+from tests.pages import pages_of
 
 SYNCED_AT = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
 PLAN = Plan("ServiceRequest", "last-updated", None, "test")
@@ -37,18 +36,12 @@ def referral(n: int, updated: str, status: str = "active") -> dict[str, Any]:
 
 
 def sync(engine: Engine, resources: list[dict[str, Any]], *, skip_unchanged: bool) -> StreamResult:
-    async def pages() -> AsyncIterator[Page]:
-        for number, start in enumerate(range(0, len(resources), 3), 1):
-            yield Page(
-                resources=resources[start : start + 3], included=[], bundle_last_updated=None, number=number
-            )
-
     return asyncio.run(
         run_stream(
             engine=engine,
             endpoint=ENDPOINT,
             plan=PLAN,
-            pages=pages(),
+            pages=pages_of(resources, 3),
             run_id="r",
             synced_at=SYNCED_AT,
             batch_size=50,

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from connector.warehouse.canonical import content_hash
 from connector.warehouse.engine import insert_for
 from connector.warehouse.models import DeadLetter
+from mappings.canonical import content_hash
 
 if TYPE_CHECKING:
     from connector.warehouse.writer import Reject

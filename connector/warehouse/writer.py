@@ -18,11 +18,11 @@ from sqlalchemy.engine import Connection, Engine
 
 from connector.errors import WarehouseError
 from connector.warehouse import outbox
-from connector.warehouse.canonical import content_hash
 from connector.warehouse.deadletter import record_rejects
 from connector.warehouse.engine import begin_write, db_error_message, insert_for, is_transient_db_error
 from connector.warehouse.models import Base
 from connector.warehouse.upsert import JsonText, of_resources, pk_names, upsert
+from mappings.canonical import content_hash
 
 __all__ = [
     "JsonText",
