@@ -2,9 +2,11 @@
 
 Validating FHIR resources is CPU-bound Python: threads would share one core (the GIL). Pages of at least
 `MIN_POOL_PAGE` resources are mapped in a process pool shared by every stream of this process, while the
-streams' event loops fetch the next pages and write the previous ones. Resources cross to the worker as
-one orjson document (much cheaper than pickling the dicts) and come back as rows, the raw JSON already
-serialized (`JsonText`).
+streams' event loops fetch the next pages. Resources cross to the worker as one orjson document (much
+cheaper than pickling the dicts). When the warehouse is one every process reaches (`PageSink`), the worker
+also writes the page, in its own transaction: its rows never cross back (pickling them both ways cost
+about as much as writing them). Otherwise they come back as rows, the raw JSON already serialized
+(`JsonText`), and the stream writes them.
 """
 
 from __future__ import annotations
@@ -19,12 +21,26 @@ import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
+from typing import Any
 
 import orjson
+from sqlalchemy.engine import Engine
 
-from connector.errors import ConnectorError
+from connector.errors import ConnectorError, TransientFhirError
+from connector.fhir.ndjson import NdjsonPage
+from connector.fhir.paging import split_page
 from connector.gc_tuning import freeze_startup_objects
-from connector.pipeline import MapJob, MappedPage, PageMapper, add_bad_lines, map_inline, map_lists
+from connector.pipeline import (
+    MapJob,
+    MappedPage,
+    PageMapper,
+    PageSink,
+    add_bad_lines,
+    map_inline,
+    map_lists,
+    write_mapped,
+)
+from connector.warehouse.engine import make_engine
 from mappings.types import MappingOptions
 
 log = logging.getLogger(__name__)
@@ -69,15 +85,20 @@ class PoolMapper:
 
     async def __call__(self, job: MapJob) -> MappedPage:
         page = job.page
-        if len(page.resources) + len(page.included) < MIN_POOL_PAGE:
+        if sum(page.counts) < MIN_POOL_PAGE:
             return await map_inline(job)
-        try:
-            document = orjson.dumps([page.resources, page.included])
-        except orjson.JSONEncodeError:
-            # Nested deeper than orjson goes: such a page is mapped here, where it becomes dead letters.
-            return await map_inline(job)
+        if page.body is not None:
+            document, deferred = page.body, True  # the worker parses the Bundle (once, there)
+        else:
+            try:
+                document, deferred = orjson.dumps([page.resources, page.included]), False
+            except orjson.JSONEncodeError:
+                # Nested deeper than orjson goes: such a page is mapped here, where it becomes dead letters.
+                return await map_inline(job)
+        # A page with NDJSON lines that are not JSON is written here: those lines become dead letters too.
+        sink = job.sink if not (isinstance(page, NdjsonPage) and page.bad_lines) else None
         # Only the document travels on: the parsed resources can go while the worker maps.
-        job = dataclasses.replace(job, page=dataclasses.replace(page, resources=[], included=[]))
+        job = dataclasses.replace(job, page=dataclasses.replace(page, resources=[], included=[], body=None))
         del page
         pool = _pool(self.workers)
         loop = asyncio.get_running_loop()
@@ -88,9 +109,11 @@ class PoolMapper:
                 job.endpoint,
                 job.resource_type,
                 document,
+                deferred,
                 job.synced_at,
                 job.date_element,
                 job.options,
+                sink,
             )
         except BrokenProcessPool:
             _discard(self.workers, pool)
@@ -104,12 +127,43 @@ def _map_in_worker(
     endpoint: str,
     resource_type: str,
     document: bytes,
+    deferred: bool,
     synced_at: datetime,
     date_element: str | None,
     options: MappingOptions,
+    sink: PageSink | None,
 ) -> MappedPage:
-    resources, included = orjson.loads(document)
-    return map_lists(endpoint, resource_type, resources, included, synced_at, date_element, options)
+    if deferred:
+        page = split_page(_bundle(document, resource_type), number=0)
+        resources, included = page.resources, page.included
+        del page
+    else:
+        resources, included = orjson.loads(document)
+    mapped = map_lists(endpoint, resource_type, resources, included, synced_at, date_element, options)
+    if sink is None:
+        return mapped
+    del resources, included
+    return write_mapped(_engine(sink.url), sink, resource_type, mapped)
+
+
+def _bundle(document: bytes, resource_type: str) -> dict[str, Any]:
+    try:
+        return orjson.loads(document)  # type: ignore[no-any-return]
+    except orjson.JSONDecodeError:
+        # simdjson took the page in the stream's process (it checks every page); orjson refusing it too is
+        # a server's fault a refetch may cure, as for any broken page.
+        raise TransientFhirError(f"a {resource_type} search page is not JSON orjson can read") from None
+
+
+#: The warehouse engines of this worker process, by URL (one connection each, kept between pages).
+_engines: dict[str, Engine] = {}
+
+
+def _engine(url: str) -> Engine:
+    engine = _engines.get(url)
+    if engine is None:
+        engine = _engines[url] = make_engine(url)
+    return engine
 
 
 def _warm_up() -> None:

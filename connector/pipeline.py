@@ -26,12 +26,13 @@ from connector.config import EndpointSettings
 from connector.errors import ConnectorError, MappingError, TransientFhirError, WarehouseError
 from connector.fhir.ndjson import NdjsonPage
 from connector.fhir.page import Page
+from connector.fhir.paging import with_entries
 from connector.progress import sink
 from connector.pushback.intents import intents
 from connector.streams import Plan
 from connector.warehouse import state
 from connector.warehouse.upsert import JsonText
-from connector.warehouse.writer import PageWrite, Reject, write_page
+from connector.warehouse.writer import PageWrite, PageWriteResult, Reject, write_page
 from mappings.canonical import canonical_json, digest
 from mappings.elements import parse_fhir_datetime, resource_meta
 from mappings.registry import map_resource
@@ -77,6 +78,10 @@ class MappedPage:
     deletions: list[tuple[str, str, datetime]] = field(default_factory=list)
     #: Resources skipped because they are stored exactly so already (incremental runs).
     unchanged: int = 0
+    #: Set when a mapping worker already wrote the page (all but the watermark, see `PageSink`); raw,
+    #: mapped, rejects and included are then left empty, and `rejected_written` counts the rejects.
+    written: PageWriteResult | None = None
+    rejected_written: int = 0
 
 
 class WatermarkTracker:
@@ -300,6 +305,22 @@ def _fhir_instant(moment: datetime) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class PageSink:
+    """Where a mapping worker process writes the page it mapped, so that its rows never cross back.
+
+    Only for a warehouse every process reaches (PostgreSQL, a SQLite file). The worker writes the page in
+    one transaction of its own, as `_write` would, but never the watermark: the stream commits that once
+    every page before it is written.
+    """
+
+    #: The warehouse URL, password included (it crosses to the worker only): never shown.
+    url: str = field(repr=False)
+    endpoint: EndpointSettings
+    mode: str
+    batch_size: int
+
+
+@dataclass(frozen=True, slots=True)
 class MapJob:
     """One page to validate and map, with what the mapping needs besides the resources."""
 
@@ -309,6 +330,8 @@ class MapJob:
     synced_at: datetime
     date_element: str | None
     options: MappingOptions
+    #: Where a worker may write the page itself; None: the stream writes it.
+    sink: PageSink | None = None
 
 
 #: Validates and maps one page: `map_inline`, or a process pool's (see `connector.mapping_pool`).
@@ -360,6 +383,11 @@ async def run_stream(
     progress = sink()
     progress.stream_started(endpoint.name, rt)
     tracker = WatermarkTracker(plan.mode)
+    sink_to = (
+        PageSink(engine.url.render_as_string(hide_password=False), endpoint, plan.mode, batch_size)
+        if shared_by_processes(engine)
+        else None
+    )
     ahead: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max(1, min(pages_ahead, MAX_PAGES_AHEAD)))
 
     async def produce() -> None:
@@ -367,13 +395,14 @@ async def run_stream(
             async for page in pages:
                 unchanged: list[dict[str, Any]] = []
                 if skip_unchanged:
+                    page = with_entries(page)  # the hashes are checked here
                     stored = await _stored_hashes(engine, endpoint.name, rt, page)
                     page, unchanged = _without_unchanged(page, stored)
-                job = MapJob(endpoint.name, rt, page, synced_at, plan.date_element, options)
+                job = MapJob(endpoint.name, rt, page, synced_at, plan.date_element, options, sink_to)
                 mapping = _counting_unchanged(mapper(job), unchanged, plan.date_element)
                 # The queue keeps what the write needs of the page, not its resources: those are freed
                 # once mapped (or shipped to a worker), so memory does not grow with the pages in flight.
-                seen = _PageSeen(page.bundle_last_updated, len(page.included))
+                seen = _PageSeen(page.bundle_last_updated, page.counts[1])
                 del page, job
                 await ahead.put((seen, asyncio.ensure_future(mapping)))
         except Exception as exc:  # handed to the consumer, which writes the pages before it first
@@ -561,7 +590,7 @@ def add_bad_lines(job: MapJob, mapped: MappedPage) -> MappedPage:
 
 
 def map_page(job: MapJob) -> MappedPage:
-    page = job.page
+    page = with_entries(job.page)
     mapped = map_lists(
         job.endpoint,
         job.resource_type,
@@ -572,6 +601,56 @@ def map_page(job: MapJob) -> MappedPage:
         job.options,
     )
     return add_bad_lines(job, mapped)
+
+
+def shared_by_processes(engine: Engine) -> bool:
+    """Whether another process opening the engine's URL reaches the same database (not in-memory SQLite)."""
+    url = engine.url
+    if url.get_backend_name() == "postgresql":
+        return True
+    database = url.database or ""
+    in_file = database not in ("", ":memory:") and not database.startswith("file:")
+    return url.get_backend_name() == "sqlite" and in_file
+
+
+def page_write(
+    endpoint: EndpointSettings,
+    rt: str,
+    mode: str,
+    mapped: MappedPage,
+    watermark: tuple[str, datetime] | None,
+) -> PageWrite:
+    """What one mapped page writes: its rows, its `_include`d resources' rows, dead letters, outbox items."""
+    extra = mapped.included or MappedPage()
+    tables = {t: list(rows) for t, rows in mapped.mapped.items()}
+    for table, rows in extra.mapped.items():
+        tables.setdefault(table, []).extend(rows)
+    return PageWrite(
+        endpoint=endpoint.name,
+        resource_type=rt,
+        raw=mapped.raw + extra.raw,
+        mapped=tables,
+        rejects=mapped.rejects + extra.rejects,
+        watermark=watermark[0] if watermark else None,
+        watermark_at=watermark[1] if watermark else None,
+        mode=mode,
+        outbox=intents(endpoint, tables),
+        deletions=mapped.deletions + extra.deletions,
+    )
+
+
+def write_mapped(engine: Engine, sink: PageSink, rt: str, mapped: MappedPage) -> MappedPage:
+    """Write a mapped page (in a worker: see `PageSink`); returns what the stream still needs of it."""
+    write = page_write(sink.endpoint, rt, sink.mode, mapped, None)
+    written = write_page(engine, write, batch_size=sink.batch_size)
+    return MappedPage(
+        newest=mapped.newest,
+        fetched=mapped.fetched,
+        values=mapped.values,
+        unchanged=mapped.unchanged,
+        written=written,
+        rejected_written=len(mapped.rejects),
+    )
 
 
 async def _write(
@@ -585,32 +664,26 @@ async def _write(
     result: StreamResult,
     included: int,
 ) -> None:
-    extra = mapped.included or MappedPage()
-    tables = {t: list(rows) for t, rows in mapped.mapped.items()}
-    for table, rows in extra.mapped.items():
-        tables.setdefault(table, []).extend(rows)
-    write = PageWrite(
-        endpoint=endpoint.name,
-        resource_type=rt,
-        raw=mapped.raw + extra.raw,
-        mapped=tables,
-        rejects=mapped.rejects + extra.rejects,
-        watermark=watermark[0] if watermark else None,
-        watermark_at=watermark[1] if watermark else None,
-        mode=plan.mode,
-        outbox=intents(endpoint, tables),
-        deletions=mapped.deletions + extra.deletions,
-    )
-    written = await asyncio.to_thread(write_page, engine, write, batch_size=batch_size)
+    written = mapped.written
+    if written is None:
+        write = page_write(endpoint, rt, plan.mode, mapped, watermark)
+        written = await asyncio.to_thread(write_page, engine, write, batch_size=batch_size)
+    elif watermark is not None:
+        # The page itself is committed already (by a worker, as were the pages before it).
+        only_watermark = PageWrite(
+            endpoint.name, rt, watermark=watermark[0], watermark_at=watermark[1], mode=plan.mode
+        )
+        await asyncio.to_thread(write_page, engine, only_watermark, batch_size=batch_size)
     loaded = written.loaded_by_type.get(rt, 0)
+    rejected = len(mapped.rejects) + mapped.rejected_written
     result.pages += 1
     result.fetched += mapped.fetched
     result.included += included
     result.loaded += loaded
-    result.rejected += len(mapped.rejects)
+    result.rejected += rejected
     if watermark:
         result.watermark = watermark[0]
-    sink().page_done(endpoint.name, rt, fetched=mapped.fetched, loaded=loaded, rejected=len(mapped.rejects))
+    sink().page_done(endpoint.name, rt, fetched=mapped.fetched, loaded=loaded, rejected=rejected)
 
 
 def _one_line(exc: BaseException) -> str:

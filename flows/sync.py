@@ -158,7 +158,9 @@ async def sync_stream(job: StreamJob) -> dict[str, Any]:
             # After the first run, the overlap before the watermark is mostly resources stored already.
             incremental = watermark_at is not None
             params = window_params(plan, endpoint, job.window, watermark_at)
-            pages = client.search(plan.resource_type, params)
+            # With mapping workers, a page's entries are parsed there, once (see `Page.body`).
+            defer = settings.runtime.mapping_workers() != 0
+            pages = client.search(plan.resource_type, params, defer_entries=defer)
         else:
             assert endpoint.ndjson_dir is not None
             pages = NdjsonSource(endpoint.ndjson_dir, endpoint.page_size).pages(plan.resource_type)

@@ -19,6 +19,7 @@ from connector.config import EndpointSettings
 from connector.errors import AuthError, FatalFhirError, TransientFhirError
 from connector.fhir.client import FhirClient
 from connector.fhir.page import Page
+from connector.fhir.paging import read_page, split_page, with_entries
 
 BASE = "https://emr.example.org/fhir/R4"
 TOKEN = "static-bearer-token-do-not-leak"
@@ -66,14 +67,20 @@ def collect(
     sleep: FakeSleep | None = None,
     resource_type: str = "ServiceRequest",
     pages: list[Page] | None = None,
+    defer: bool = False,
 ) -> list[Page]:
-    """Run one search to the end; pages read before an error are kept in `pages`."""
+    """Run one search to the end; pages read before an error are kept in `pages`.
+
+    With `defer`, the client leaves the entries unparsed; they are parsed here (`with_entries`) after
+    checking that they were, so the assertions on pages hold for both ways of reading them.
+    """
     out = [] if pages is None else pages
 
     async def run() -> list[Page]:
         async with FhirClient(settings, sleep=sleep or FakeSleep()) as client:
-            async for page in client.search(resource_type, params):
-                out.append(page)
+            async for page in client.search(resource_type, params, defer_entries=defer):
+                assert (page.body is not None) == defer
+                out.append(with_entries(page))
         return out
 
     return asyncio.run(run())
@@ -92,7 +99,12 @@ def request(
 # -- paging ----------------------------------------------------------------------------------------------
 
 
-def test_three_pages_follow_next_links_verbatim() -> None:
+#: Both ways the client reads a page: entries parsed here, or left for a mapping worker.
+both_ways = pytest.mark.parametrize("defer", [False, True], ids=["parsed", "deferred"])
+
+
+@both_ways
+def test_three_pages_follow_next_links_verbatim(defer: bool) -> None:
     # Servers keep cursor state in next links (HAPI _getpages, opaque tokens): we must not touch them.
     page2 = f"{BASE}?_getpages=9f3c1b2e-opaque&_getpagesoffset=200&_count=200&_bundletype=searchset"
     page3_rel = "ServiceRequest?ct=eyJvZmZzZXQiOjQwMH0%3D&_count=200"
@@ -105,7 +117,7 @@ def test_three_pages_follow_next_links_verbatim() -> None:
         )
         second = router.get(url__eq=page2).respond(json=bundle([match("c")], next_url=page3_rel))
         third = router.get(url__eq=page3).respond(json=bundle([match("d")]))
-        pages = collect(endpoint(), {"_lastUpdated": "ge2026-02-28T00:00:00Z"})
+        pages = collect(endpoint(), {"_lastUpdated": "ge2026-02-28T00:00:00Z"}, defer=defer)
 
     assert [p.number for p in pages] == [1, 2, 3]
     assert [[r["id"] for r in p.resources] for p in pages] == [["a", "b"], ["c"], ["d"]]
@@ -135,7 +147,8 @@ def test_caller_params_as_pairs_keep_repeats_and_own_count() -> None:
     assert pages[0].resources == []
 
 
-def test_match_include_and_outcome_entries_are_separated() -> None:
+@both_ways
+def test_match_include_and_outcome_entries_are_separated(defer: bool) -> None:
     warning = {
         "resource": {
             "resourceType": "OperationOutcome",
@@ -152,7 +165,7 @@ def test_match_include_and_outcome_entries_are_separated() -> None:
     ]
     with respx.mock(base_url=BASE, assert_all_called=True) as router:
         router.get("/ServiceRequest").respond(json=bundle(entries))
-        (page,) = collect(endpoint(), {})
+        (page,) = collect(endpoint(), {}, defer=defer)
     assert [r["id"] for r in page.resources] == ["sr-1", "sr-2"]
     assert [r["id"] for r in page.included] == ["pr-1"]
     assert [o["resourceType"] for o in page.outcomes] == ["OperationOutcome"]
@@ -226,7 +239,8 @@ def test_next_link_back_to_the_first_page_stops() -> None:
         b'{"resourceType": "OperationOutcome", "issue": []}',  # not a Bundle
     ],
 )
-def test_broken_page_body_is_refetched(bad_body: bytes) -> None:
+@both_ways
+def test_broken_page_body_is_refetched(bad_body: bytes, defer: bool) -> None:
     sleep = FakeSleep()
     with respx.mock(base_url=BASE, assert_all_called=True) as router:
         route = router.get("/ServiceRequest").mock(
@@ -235,19 +249,57 @@ def test_broken_page_body_is_refetched(bad_body: bytes) -> None:
                 httpx.Response(200, json=bundle([match("a")])),
             ]
         )
-        pages = collect(endpoint(), {}, sleep=sleep)
+        pages = collect(endpoint(), {}, sleep=sleep, defer=defer)
     assert route.call_count == 2
     assert len(sleep.delays) == 1
     assert [r["id"] for r in pages[0].resources] == ["a"]
 
 
-def test_broken_page_body_every_time_gives_up_as_transient() -> None:
+@both_ways
+def test_broken_page_body_every_time_gives_up_as_transient(defer: bool) -> None:
     with respx.mock(base_url=BASE, assert_all_called=True) as router:
         route = router.get("/ServiceRequest").respond(200, content=b'{"resourceType": "Bun')
         with pytest.raises(TransientFhirError) as info:
-            collect(endpoint(retry={"max_attempts": 3}), {})
+            collect(endpoint(retry={"max_attempts": 3}), {}, defer=defer)
     assert route.call_count == 3
     assert "not valid JSON" in str(info.value.__cause__)
+
+
+def test_a_deferred_page_counts_and_heads_as_a_parsed_one() -> None:
+    entries = [
+        match("sr-1"),
+        match("sr-2", mode=None),
+        match("pr-1", resource_type="Practitioner", mode="include"),
+        {"resource": {"resourceType": "OperationOutcome", "issue": []}, "search": {"mode": "outcome"}},
+        {"fullUrl": f"{BASE}/ServiceRequest/no-resource", "search": {"mode": "match"}},
+        {"resource": "not an object", "search": {"mode": "include"}},
+        "not an entry",
+        {"resource": {"resourceType": "ServiceRequest", "id": "sr-3"}, "search": {"mode": 7}},
+    ]
+    body = orjson.dumps(bundle(entries, next_url=f"{BASE}?page=2", last_updated="2026-03-01T10:00:00Z"))
+    deferred, link = read_page(body, url=BASE, number=4, defer=True)
+    parsed, parsed_link = read_page(body, url=BASE, number=4, defer=False)
+    assert deferred.body == body
+    assert parsed.body is None
+    assert link == parsed_link == f"{BASE}?page=2"
+    assert deferred.counts == parsed.counts == (3, 1)
+    assert deferred.deferred_counts == (3, 1, 1)
+    assert deferred.resources == deferred.included == []
+    assert with_entries(deferred) == parsed
+    assert with_entries(parsed) is parsed
+
+
+def test_a_page_simdjson_refuses_is_read_in_full() -> None:
+    # Valid JSON, but an integer beyond 64 bits: simdjson refuses the document, orjson reads it.
+    body = (
+        b'{"resourceType": "Bundle", "total": 123456789012345678901234567890, "entry": ['
+        + orjson.dumps(match("sr-1"))
+        + b"]}"
+    )
+    page, link = read_page(body, url=BASE, number=1, defer=True)
+    assert page.body is None
+    assert link is None
+    assert page == split_page(orjson.loads(body), number=1)
 
 
 # -- retries ---------------------------------------------------------------------------------------------

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import gzip
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from importlib import resources as package_files
 from typing import Any
@@ -18,6 +19,7 @@ from sqlalchemy.engine import Engine
 from connector import mapping_pool
 from connector.config import EndpointSettings
 from connector.fhir.page import Page
+from connector.fhir.paging import read_page
 from connector.pipeline import MapJob, MappedPage, map_page, run_stream
 from connector.streams import Plan
 from connector.warehouse import state
@@ -74,6 +76,59 @@ def test_a_page_mapped_by_a_worker_equals_one_mapped_here() -> None:
     assert comparable(pooled) == comparable(here)
     assert pooled.rejects  # the demo's invalid referrals are among them
     assert len(pooled.raw) + len(pooled.rejects) == 230
+
+
+def bundle_body(resources: list[dict[str, Any]], included: list[dict[str, Any]]) -> bytes:
+    entries = [{"resource": r, "search": {"mode": "match"}} for r in resources]
+    entries += [{"resource": r, "search": {"mode": "include"}} for r in included]
+    return orjson.dumps({"resourceType": "Bundle", "type": "searchset", "entry": entries})
+
+
+def test_a_page_left_unparsed_is_parsed_and_mapped_by_the_worker_as_here() -> None:
+    resources, included = service_requests(150), demo("Practitioner")[:3]
+    page, _ = read_page(bundle_body(resources, included), url="https://emr.test", number=1, defer=True)
+    assert page.body is not None
+    job = MapJob("clinic", "ServiceRequest", page, SYNCED_AT, None, MappingOptions())
+    pooled = asyncio.run(mapping_pool.PoolMapper(2)(job))
+    parsed = Page(resources=resources, included=included, bundle_last_updated=None, number=1)
+    assert comparable(pooled) == comparable(map_page(dataclasses.replace(job, page=parsed)))
+    assert comparable(map_page(job)) == comparable(pooled)  # mapped here, the page is parsed first
+    assert len(pooled.raw) + len(pooled.rejects) == 150
+
+
+def test_a_worker_writes_the_page_itself_and_sends_back_no_rows(engine: Engine) -> None:
+    from connector.pipeline import PageSink
+
+    endpoint = EndpointSettings(name="clinic", base_url="https://emr.test/fhir")
+    url = engine.url.render_as_string(hide_password=False)
+    sink = PageSink(url, endpoint, "last-updated", 100)
+    assert url not in repr(sink)  # the URL may hold the password
+    page = Page(resources=service_requests(230), included=[], bundle_last_updated=None, number=1)
+    job = MapJob("clinic", "ServiceRequest", page, SYNCED_AT, None, MappingOptions(), sink)
+    here = map_page(job)
+    pooled = asyncio.run(mapping_pool.PoolMapper(2)(job))
+    assert (pooled.raw, pooled.mapped, pooled.rejects, pooled.included) == ([], {}, [], None)
+    assert pooled.written is not None
+    assert pooled.written.loaded_by_type == {"ServiceRequest": len(here.raw)}
+    assert pooled.rejected_written == len(here.rejects) > 0
+    assert (pooled.newest, pooled.fetched) == (here.newest, here.fetched)
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("select count(*) from raw_resource")).scalar_one()
+        letters = conn.execute(sa.text("select count(*) from dead_letter")).scalar_one()
+        referrals = conn.execute(sa.text("select count(*) from referral")).scalar_one()
+    assert (stored, letters, referrals) == (len(here.raw), len(here.rejects), len(here.mapped["referral"]))
+    assert state.get_watermark(engine, "clinic", "ServiceRequest") == (None, None)  # never the watermark
+
+
+def test_only_a_database_other_processes_reach_is_written_by_workers(tmp_path: Any) -> None:
+    from connector.pipeline import shared_by_processes
+
+    assert shared_by_processes(sa.create_engine(f"sqlite:///{tmp_path / 'wh.db'}"))
+    assert shared_by_processes(sa.create_engine("postgresql+psycopg://u:p@127.0.0.1/db"))
+    assert not shared_by_processes(sa.create_engine("sqlite://"))
+    assert not shared_by_processes(sa.create_engine("sqlite:///:memory:"))
+    in_memory_file = "sqlite:///file:wh?mode=memory&uri=true"
+    assert not shared_by_processes(sa.create_engine(in_memory_file, poolclass=sa.pool.StaticPool))
 
 
 def test_small_pages_stay_in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,6 +193,43 @@ def test_a_stream_loads_the_same_with_workers_as_without(engine: Engine, tmp_pat
     assert pooled == inline
     assert pooled[0] > 300
     assert pooled[1] == "2026-11-01T10:06:39Z"
+
+
+def test_pages_workers_wrote_before_a_failed_fetch_stay_and_the_watermark_does_not_move(
+    engine: Engine,
+) -> None:
+    from connector.errors import TransientFhirError
+
+    resources = service_requests(300)
+    for n, resource in enumerate(resources):
+        resource["meta"] = {"versionId": "1", "lastUpdated": f"2026-11-01T10:{n // 60:02d}:{n % 60:02d}Z"}
+
+    async def pages() -> AsyncIterator[Page]:
+        async for page in pages_of(resources, 100):
+            yield page
+        raise TransientFhirError("GET /ServiceRequest failed: 503")
+
+    endpoint = EndpointSettings(name="clinic", base_url="https://emr.test/fhir")
+    result = asyncio.run(
+        run_stream(
+            engine=engine,
+            endpoint=endpoint,
+            plan=PLAN,
+            pages=pages(),
+            run_id="r",
+            synced_at=SYNCED_AT,
+            batch_size=100,
+            mapper=mapping_pool.page_mapper(2),
+            pages_ahead=mapping_pool.pages_ahead(2),
+        )
+    )
+    assert (result.status, result.transient, result.pages, result.fetched) == ("failed", True, 3, 300)
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("select count(*) from raw_resource")).scalar_one()
+        letters = conn.execute(sa.text("select count(*) from dead_letter")).scalar_one()
+    assert stored == result.loaded > 200
+    assert letters == result.rejected == 300 - stored
+    assert state.get_watermark(engine, "clinic", "ServiceRequest") == (None, None)
 
 
 def test_a_dead_worker_fails_the_page_clearly_and_the_next_page_gets_a_new_pool() -> None:

@@ -351,6 +351,82 @@ def test_a_row_postgresql_copy_refuses_is_a_clear_error_without_its_values(pg_ur
     assert info.value.__cause__ is None
 
 
+def _versions(eng: Engine) -> dict[str, str]:
+    with eng.connect() as conn:
+        rows = conn.execute(sa.select(RAW.c.resource_id, RAW.c.version_id)).all()
+    return {rid: version for rid, version in rows}
+
+
+#: The `engine` fixture on PostgreSQL only (the direct COPY is PostgreSQL's).
+on_postgresql = pytest.mark.parametrize(
+    "warehouse_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+
+
+@on_postgresql
+def test_rows_new_to_a_postgresql_table_are_copied_straight_in_and_known_ones_upserted(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connector.warehouse import upsert as upsert_module
+
+    direct: list[str] = []
+    real = upsert_module._copy_new
+
+    def spy(conn: Any, table: sa.Table, *args: Any) -> Any:
+        direct.append(table.name)
+        return real(conn, table, *args)
+
+    monkeypatch.setattr(upsert_module, "_copy_new", spy)
+    raw = [raw_row("r1", 1, when=T0), raw_row("r2", 1, when=T0)]
+    mapped = {"referral": [referral_row("r1", 1, when=T0), referral_row("r2", 1, when=T0)]}
+    first = write_page(engine, page(raw=raw, mapped=mapped))
+    assert (first.raw_loaded, first.loaded_by_type) == (2, {"ServiceRequest": 2})
+    assert direct == ["raw_resource", "referral"]
+    assert _versions(engine) == {"r1": "1", "r2": "1"}
+    assert count(engine, "referral") == 2
+    with engine.connect() as conn:  # the JSON text became jsonb, as the upsert path casts it
+        stored = conn.execute(sa.select(RAW.c.payload).where(RAW.c.resource_id == "r1")).scalar_one()
+    assert stored == resource("r1", 1, when=T0)
+
+    # r1 is stored: the page takes the upsert path, so the newer r1 replaces it and the older r2 does not.
+    later, earlier = T0 + timedelta(hours=1), T0 - timedelta(hours=1)
+    rows = [raw_row("r1", 2, when=later), raw_row("r2", 0, when=earlier), raw_row("r3", 1, when=T0)]
+    second = write_page(engine, page(raw=rows, mapped={"referral": [referral_row("r1", 2, when=later)]}))
+    assert direct == ["raw_resource", "referral"]
+    assert (second.raw_loaded, second.loaded) == (2, 2)
+    assert _versions(engine) == {"r1": "2", "r2": "1", "r3": "1"}
+
+
+@on_postgresql
+def test_a_row_another_writer_added_after_the_probe_sends_the_page_down_the_upsert_path(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connector.warehouse import writer as writer_module
+
+    write_page(engine, page(raw=[raw_row("r1", 1, when=T0), raw_row("r2", 1, when=T0)]))
+    # As if both rows were added between the probe and the COPY: the key refuses the COPY.
+    monkeypatch.setattr(writer_module, "holds_none_of", lambda *args: True)
+    rows = [raw_row("r1", 2, when=T0 + timedelta(hours=1)), raw_row("r2", 0, when=T0 - timedelta(hours=1))]
+    rows.append(raw_row("r3", 1, when=T0))
+    result = write_page(engine, page(raw=rows, watermark="2024-05-01T08:00:00Z", watermark_at=T0))
+    assert result.raw_loaded == 2
+    assert _versions(engine) == {"r1": "2", "r2": "1", "r3": "1"}
+    assert get_watermark(engine, "emr", "ServiceRequest") == ("2024-05-01T08:00:00Z", T0)
+
+
+def test_the_probe_sees_any_stored_row_of_the_resources(engine: Engine) -> None:
+    from connector.warehouse.upsert import holds_none_of
+
+    write_page(engine, page(raw=[raw_row("r2", 1, when=T0)]))
+    postgres = engine.dialect.name == "postgresql"
+    with engine.connect() as conn:
+        assert holds_none_of(conn, RAW, [("emr", "ServiceRequest", ["r1"])]) is postgres
+        assert not holds_none_of(conn, RAW, [("emr", "ServiceRequest", ["r1", "r2"])])
+        assert not holds_none_of(conn, RAW, [("emr", "Coverage", ["r1"]), ("emr", "ServiceRequest", ["r2"])])
+        assert holds_none_of(conn, RAW, [("other", "ServiceRequest", ["r2"])]) is postgres
+        assert holds_none_of(conn, RAW, [("emr", "Coverage", ["r2"])]) is postgres
+
+
 def test_write_page_unknown_table_writes_nothing(engine: Engine) -> None:
     with pytest.raises(WarehouseError, match="no warehouse table named 'nope'"):
         write_page(engine, page(raw=[raw_row("r1", 1, when=T0)], mapped={"nope": [{"x": 1}]}))

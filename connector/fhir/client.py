@@ -29,7 +29,7 @@ from connector.errors import ConfigError, FatalFhirError
 from connector.fhir.auth import build_auth
 from connector.fhir.http import build_retrying, describe, raise_for_response, transport_error
 from connector.fhir.page import Page
-from connector.fhir.paging import NextLinkGuard, check_same_origin, next_link, parse_bundle, split_page
+from connector.fhir.paging import NextLinkGuard, check_same_origin, read_page
 
 # httpx logs every request with its full URL (query string included) at INFO: search parameters can
 # hold patient identifiers, so keep those loggers quiet whatever the root level is.
@@ -129,10 +129,13 @@ class FhirClient:
             )
         return data
 
-    async def search(self, resource_type: str, params: Params) -> AsyncIterator[Page]:
+    async def search(
+        self, resource_type: str, params: Params, *, defer_entries: bool = False
+    ) -> AsyncIterator[Page]:
         """GET [base]/{type}?params, then follow Bundle.link[next] verbatim, one Page at a time.
 
-        `_count` is set from `page_size` unless the caller gave one.
+        `_count` is set from `page_size` unless the caller gave one. With `defer_entries`, pages keep
+        their entries unparsed (`Page.body`) for a mapping worker to parse.
         """
         if not _RESOURCE_TYPE_RE.match(resource_type):
             raise ValueError(f"not a FHIR resource type: {resource_type!r}")
@@ -145,18 +148,17 @@ class FhirClient:
         fetched = 0
         while True:
             guard.visit(url)
-            bundle = await self._with_retries("GET", url, parse=True)
-            page = split_page(bundle, number=number)
-            fetched += len(page.resources)
-            if page.outcomes:
+            page, link = await self._with_retries("GET", url, page=(number, defer_entries))
+            fetched += page.counts[0]
+            outcomes = page.deferred_counts[2] if page.body is not None else len(page.outcomes)
+            if outcomes:
                 logger.warning(
                     "%s search page %d carries %d OperationOutcome warning(s)",
                     resource_type,
                     number,
-                    len(page.outcomes),
+                    outcomes,
                 )
             yield page
-            link = next_link(bundle)
             if link is None:
                 break
             following = guard.next_url(link, page_number=number)
@@ -261,9 +263,10 @@ class FhirClient:
         *,
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
-        parse: bool = False,
+        page: tuple[int, bool] | None = None,
     ) -> Any:
-        """One attempt: send, classify, and (for search pages) parse, so a broken page is refetched."""
+        """One attempt: send, classify, and (for search pages: `page` is (number, defer entries)) read
+        the page and its next link, so a broken page is refetched."""
         try:
             response = await self._http.request(
                 method,
@@ -276,6 +279,7 @@ class FhirClient:
         except httpx.TransportError as exc:
             raise transport_error(exc, describe(method, url)) from exc
         raise_for_response(response)
-        if parse:
-            return parse_bundle(response.content, url=url)
+        if page is not None:
+            number, defer = page
+            return read_page(response.content, url=url, number=number, defer=defer)
         return response

@@ -19,3 +19,16 @@ class Page:
     number: int
     #: OperationOutcome entries with search.mode == "outcome": server warnings about the search.
     outcomes: list[dict] = field(default_factory=list)
+    #: The Bundle as the server sent it, when its entries are left unparsed (`resources`, `included` and
+    #: `outcomes` are then empty and `deferred_counts` counts them): a mapping worker parses them, so a
+    #: page is parsed once, not here and again there. `paging.with_entries` parses them here.
+    body: bytes | None = field(default=None, repr=False)
+    #: Of a page with `body`: its (match, include, outcome) entries that hold a resource.
+    deferred_counts: tuple[int, int, int] = (0, 0, 0)
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        """(matches, included) of the page, whether its entries are parsed or not."""
+        if self.body is not None:
+            return self.deferred_counts[0], self.deferred_counts[1]
+        return len(self.resources), len(self.included)

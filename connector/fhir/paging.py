@@ -6,11 +6,13 @@ Next links are followed exactly as the server wrote them: servers keep cursor st
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
 import httpx
 import orjson
+import simdjson
 
 from connector.errors import FatalFhirError, TransientFhirError
 from connector.fhir.http import url_path
@@ -84,6 +86,67 @@ def parse_bundle(body: bytes, *, url: httpx.URL | str) -> dict[str, Any]:
         kind = data.get("resourceType") if isinstance(data, dict) else type(data).__name__
         raise TransientFhirError(f"GET {url_path(url)} returned {kind!s} instead of a Bundle")
     return data
+
+
+def read_page(body: bytes, *, url: httpx.URL | str, number: int, defer: bool) -> tuple[Page, str | None]:
+    """The page and its next link. With `defer`, the entries stay unparsed in `Page.body`.
+
+    Deferring still checks that the whole body is JSON and a Bundle (simdjson, about a tenth of a full
+    parse), so a broken page is refetched as before; the head (links, meta) and the entries' search
+    modes are read, nothing else. A body simdjson does not take (an integer beyond 64 bits, say) is
+    parsed in full instead, with the same errors as without `defer`.
+    """
+    if defer:
+        try:
+            document = simdjson.Parser().parse(body)
+        except (ValueError, RuntimeError):
+            document = None
+        if isinstance(document, simdjson.Object) and document.get("resourceType") == "Bundle":
+            return _deferred(document, body, number), _next_link_of(document.get("link"))
+    bundle = parse_bundle(body, url=url)
+    return split_page(bundle, number=number), next_link(bundle)
+
+
+def _deferred(document: simdjson.Object, body: bytes, number: int) -> Page:
+    """A page whose entries stay in `body`: counted by search mode as `split_page` sorts them."""
+    counts = [0, 0, 0]
+    entries = document.get("entry")
+    for entry in entries if isinstance(entries, simdjson.Array) else ():
+        if not isinstance(entry, simdjson.Object) or not isinstance(entry.get("resource"), simdjson.Object):
+            continue
+        search = entry.get("search")
+        mode = search.get("mode") if isinstance(search, simdjson.Object) else None
+        counts[_MODE_INDEX.get(mode, 0) if isinstance(mode, str) else 0] += 1
+    meta = document.get("meta")
+    last_updated = meta.get("lastUpdated") if isinstance(meta, simdjson.Object) else None
+    return Page(
+        resources=[],
+        included=[],
+        bundle_last_updated=last_updated if isinstance(last_updated, str) else None,
+        number=number,
+        body=body,
+        deferred_counts=(counts[0], counts[1], counts[2]),
+    )
+
+
+_MODE_INDEX = {"match": 0, "include": 1, "outcome": 2}
+
+
+def _next_link_of(links: Any) -> str | None:
+    for link in links if isinstance(links, simdjson.Array) else ():
+        if isinstance(link, simdjson.Object) and link.get("relation") == "next":
+            url = link.get("url")
+            if url and isinstance(url, str):
+                return url
+    return None
+
+
+def with_entries(page: Page) -> Page:
+    """The page with its entries parsed (itself when they are)."""
+    if page.body is None:
+        return page
+    parsed = split_page(orjson.loads(page.body), number=page.number)
+    return dataclasses.replace(parsed, bundle_last_updated=page.bundle_last_updated)
 
 
 def split_page(bundle: dict[str, Any], *, number: int) -> Page:

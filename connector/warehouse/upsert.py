@@ -1,9 +1,11 @@
 """Batched "insert, or replace when newer" of many rows, the fastest way each database allows.
 
 PostgreSQL: the rows are `COPY`-ed into a session-local staging table, then moved with one
-`INSERT .. SELECT .. ON CONFLICT DO UPDATE .. RETURNING`. SQLite: one executemany of the same upsert
-(SQLAlchemy batches it into multi-row VALUES with a cached compiled statement). Both go around the ORM
-and the per-row type machinery: JSON arrives as text already (`JsonText`) or is serialized once here.
+`INSERT .. SELECT .. ON CONFLICT DO UPDATE .. RETURNING`; rows of resources the table does not hold yet (a
+first load) are `COPY`-ed straight into it instead, which costs the database much less. SQLite: one
+executemany of the same upsert (SQLAlchemy batches it into multi-row VALUES with a cached compiled
+statement). Both go around the ORM and the per-row type machinery: JSON arrives as text already
+(`JsonText`) or is serialized once here.
 """
 
 from __future__ import annotations
@@ -40,8 +42,12 @@ def upsert(
     *,
     batch_size: int,
     returning: Sequence[str],
+    new: bool = False,
 ) -> list[tuple[Any, ...]]:
     """Insert `rows`, replacing stored ones only when newer; returns `returning` of each row written.
+
+    `new` says the table is believed to hold none of the rows' keys (see `holds_none_of`): on PostgreSQL
+    they are then `COPY`-ed straight in, and should one be there after all, the upsert runs instead.
 
     A stored row is replaced when the incoming one is newer: its `last_updated` is later, or it has one
     and the stored row has none, or both are equal (or both NULL) and its `content_hash` differs. Tables
@@ -58,6 +64,10 @@ def upsert(
     unique = newest_per_key(rows, pk, has_last_updated="last_updated" in table.c)
     if conn.dialect.name == "postgresql":
         values = _bind_values(conn, table, names, unique, times=True)
+        if new:
+            inserted = _copy_new(conn, table, tuple(names), values, tuple(returning))
+            if inserted is not None:
+                return inserted
         return _copy_upsert(conn, table, tuple(names), values, tuple(returning))
     values = _bind_values(conn, table, names, unique, times=False)
     return _executemany_upsert(conn, table, tuple(names), values, tuple(returning), batch_size)
@@ -229,6 +239,11 @@ def _copy_upsert(
     prepare, copy_sql, stmt = _copy_statements(table, names, returning)
     # Inside the caller's transaction: a failed page leaves nothing, the staging table included.
     conn.exec_driver_sql(prepare)
+    _copy(conn, copy_sql, values)
+    return [tuple(row) for row in conn.execute(stmt)]
+
+
+def _copy(conn: Connection, copy_sql: str, values: list[tuple[Any, ...]]) -> None:
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         with cursor.copy(copy_sql) as copy:
@@ -240,7 +255,49 @@ def _copy_upsert(
         raise sa.exc.DBAPIError.instance(copy_sql, None, exc, psycopg.Error, hide_parameters=True) from None
     finally:
         cursor.close()
-    return [tuple(row) for row in conn.execute(stmt)]
+
+
+def holds_none_of(conn: Connection, table: sa.Table, groups: Iterable[tuple[str, str, list[str]]]) -> bool:
+    """Whether `table` (keyed by resource) holds no row of the resources (endpoint, resource_type, ids).
+
+    One indexed probe per group, on PostgreSQL only (elsewhere the answer is False: rows are upserted).
+    """
+    if conn.dialect.name != "postgresql":
+        return False
+    for endpoint, resource_type, ids in groups:
+        where = of_resources(conn.dialect, table, endpoint, resource_type, ids)
+        if conn.execute(sa.select(sa.literal(1)).where(where).limit(1)).first() is not None:
+            return False
+    return True
+
+
+def _copy_new(
+    conn: Connection,
+    table: sa.Table,
+    names: tuple[str, ...],
+    values: list[tuple[Any, ...]],
+    returning: tuple[str, ...],
+) -> list[tuple[Any, ...]] | None:
+    """COPY rows straight into `table` (every one is new there); None if another writer got in first.
+
+    A concurrent writer may add one of the rows after the probe: the unique key then refuses the COPY,
+    the savepoint undoes it, and the caller takes the upsert path.
+    """
+    quote = sa.dialects.postgresql.dialect().identifier_preparer.quote
+    copy_sql = f"COPY {quote(table.name)} ({', '.join(quote(n) for n in names)}) FROM STDIN"
+    savepoint = conn.begin_nested()
+    try:
+        _copy(conn, copy_sql, values)
+    except sa.exc.DBAPIError as exc:
+        savepoint.rollback()
+        if isinstance(exc.orig, psycopg.errors.UniqueViolation):
+            return None
+        raise
+    savepoint.commit()
+    picks = operator.itemgetter(*(names.index(name) for name in returning))
+    if len(returning) == 1:
+        return [(picks(row),) for row in values]
+    return [picks(row) for row in values]
 
 
 # --- SQLite (and the rest): one executemany ----------------------------------------------------------------

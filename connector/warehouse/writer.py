@@ -21,7 +21,7 @@ from connector.warehouse import outbox
 from connector.warehouse.deadletter import record_rejects
 from connector.warehouse.engine import begin_write, db_error_message, insert_for, is_transient_db_error
 from connector.warehouse.models import Base
-from connector.warehouse.upsert import JsonText, of_resources, pk_names, upsert
+from connector.warehouse.upsert import JsonText, holds_none_of, of_resources, pk_names, upsert
 from mappings.canonical import content_hash
 
 __all__ = [
@@ -149,9 +149,15 @@ def write_page(
         watermark_at = _parse_instant(page.watermark)
 
     def write(tx: Connection) -> PageWriteResult:
-        raw_written = _upsert(
-            tx, _table("raw_resource"), raw_rows, batch_size=batch_size, returning=RESOURCE_KEY
-        )
+        raw = _table("raw_resource")
+        # Resources the warehouse has never seen (a first load): every row of theirs is new, in every table.
+        offered_raw = _by_resource_type({_resource_key(row) for row in raw_rows})
+        new = bool(raw_rows) and holds_none_of(tx, raw, offered_raw)
+
+        def put(table: sa.Table, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+            return _upsert(tx, table, rows, batch_size=batch_size, returning=RESOURCE_KEY, new=new)
+
+        raw_written = put(raw, raw_rows)
         written = set(raw_written)
         touched: set[tuple[Any, ...]] = set(written)
         # A resource the server deleted keeps a tombstone raw row: an older copy arriving later (a slow
@@ -170,9 +176,9 @@ def write_page(
                 _delete_rows_of(tx, table, written)
                 if len(fresh) < len(written) + len(unwritten):
                     rows = [row for row in rows if _resource_key(row) in fresh]
-                touched.update(_upsert(tx, table, rows, batch_size=batch_size, returning=RESOURCE_KEY))
+                touched.update(put(table, rows))
             elif all(name in table.c for name in RESOURCE_KEY):
-                touched.update(_upsert(tx, table, rows, batch_size=batch_size, returning=RESOURCE_KEY))
+                touched.update(put(table, rows))
             else:
                 _upsert(tx, table, rows, batch_size=batch_size, returning=pk_names(table))
         touched.update(_apply_deletions(tx, page.endpoint, page.deletions, now))
