@@ -21,6 +21,7 @@ from connector.warehouse import outbox
 from connector.warehouse.deadletter import record_rejects
 from connector.warehouse.engine import begin_write, db_error_message, insert_for, is_transient_db_error
 from connector.warehouse.models import Base
+from connector.warehouse.planner_stats import analyze_grown
 from connector.warehouse.upsert import JsonText, holds_none_of, of_resources, pk_names, upsert
 from mappings.canonical import content_hash
 
@@ -196,13 +197,16 @@ def write_page(
             with conn.begin_nested():
                 return write(conn)
         with begin_write(engine) as tx:
-            return write(tx)
+            result = write(tx)
     except sa.exc.SQLAlchemyError as exc:
         # `from None`: the chained DBAPI error can carry row values (PostgreSQL's DETAIL line).
         raise WarehouseError(
             f"writing a {page.resource_type} page of {page.endpoint} failed: {db_error_message(exc)}",
             transient=is_transient_db_error(exc),
         ) from None
+    if raw_rows or mapped:
+        analyze_grown(engine, ["raw_resource", *(table.name for table, _rows in mapped)])
+    return result
 
 
 def _fact_tables() -> list[sa.Table]:
