@@ -197,16 +197,23 @@ def map_resources(
                     resource.get("resourceType") if isinstance(resource, dict) else type(resource).__name__
                 )
                 raise MappingError(f"expected a {resource_type}, got {found!r}")
-            records = _map_one(resource, ctx)
+            # Serialized once, here (in a mapping worker when there is one): the hash is taken of the
+            # same canonical bytes that are stored, and the mappers' rows carry it too. A resource that
+            # cannot be stored is a dead letter, but its validation problems are told first.
+            try:
+                canonical: bytes | None = _canonical(resource)
+            except MappingError as exc:
+                canonical, unstorable = None, exc
+            hashed = digest(canonical) if canonical is not None else None
+            records = _map_one(resource, MapContext(ctx.endpoint, ctx.synced_at, ctx.options, hashed))
+            if canonical is None:
+                raise unstorable
             rtype, rid, version_id, last_updated, _ = resource_meta(resource)
             erased = resource.get("status") == "entered-in-error"
             if erased:
                 # Recorded in error: kept raw as deleted, and out of every mapped table and view.
                 records = {}
                 out.deletions.append((rtype, rid, last_updated or synced_at))
-            # Serialized once, here (in a mapping worker when there is one): the hash is taken of the
-            # same canonical bytes that are stored.
-            canonical = _canonical(resource)
         except MappingError as exc:
             out.rejects.append(
                 Reject(
@@ -225,7 +232,7 @@ def map_resources(
                     "resource_id": rid,
                     "version_id": version_id,
                     "last_updated": last_updated,
-                    "content_hash": digest(canonical),
+                    "content_hash": hashed,
                     "payload": JsonText(canonical.decode()),
                     "deleted": erased,
                     "deleted_at": (last_updated or synced_at) if erased else None,

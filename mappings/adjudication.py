@@ -30,7 +30,7 @@ from typing import Any
 
 from connector.errors import MappingError
 from mappings.elements import coding, parse_fhir_datetime, reference, reference_and_type, resource_meta
-from mappings.referral import content_hash
+from mappings.referral import resource_hash
 from mappings.types import MapContext, MappedRecords
 
 CARC = "https://x12.org/codes/claim-adjustment-reason-codes"
@@ -506,7 +506,7 @@ def _map(
         "resource_id": rid,
         "version_id": version_id,
         "last_updated": last_updated,
-        "content_hash": content_hash(resource),
+        "content_hash": resource_hash(resource, ctx),
     }
     denials: list[dict[str, Any]] = []
     adjudicated = 0

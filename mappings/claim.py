@@ -13,7 +13,7 @@ from typing import Any
 from connector.errors import MappingError
 from mappings.adjudication import payer_key
 from mappings.elements import CPT, coding, parse_fhir_datetime, reference, reference_and_type, resource_meta
-from mappings.referral import content_hash
+from mappings.referral import resource_hash
 from mappings.types import MapContext, MappedRecords
 
 HCPCS = "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets"
@@ -97,7 +97,7 @@ def _map(
         "resource_id": rid,
         "version_id": version_id,
         "last_updated": last_updated,
-        "content_hash": content_hash(resource),
+        "content_hash": resource_hash(resource, ctx),
     }
     items: list[dict[str, Any]] = []
     seen: set[int] = set()

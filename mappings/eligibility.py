@@ -28,7 +28,7 @@ from mappings.elements import (
     reference_to,
     resource_meta,
 )
-from mappings.referral import content_hash
+from mappings.referral import resource_hash
 from mappings.types import MapContext, MappedRecords
 from mappings.validate import resource_label
 
@@ -119,7 +119,7 @@ def base_row(resource: dict[str, Any], ctx: MapContext) -> dict[str, Any]:
         "resource_id": rid,
         "version_id": version_id,
         "last_updated": last_updated,
-        "content_hash": content_hash(resource),
+        "content_hash": resource_hash(resource, ctx),
     }
 
 

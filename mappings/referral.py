@@ -56,6 +56,11 @@ def content_hash(resource: dict[str, Any]) -> str:
         raise MappingError(f"{label}: cannot serialise resource: {type(exc).__name__}") from None
 
 
+def resource_hash(resource: dict[str, Any], ctx: MapContext) -> str:
+    """`content_hash` of the resource `ctx` is for (given by the caller, or taken here)."""
+    return ctx.resource_hash if ctx.resource_hash is not None else content_hash(resource)
+
+
 def _requested_start(resource: dict[str, Any]) -> datetime | None:
     """When the service should start: occurrenceDateTime, the period start, or the Timing's first event."""
     if "occurrenceDateTime" in resource:
@@ -114,7 +119,7 @@ def _key_of(resource: dict[str, Any], ctx: MapContext, meta: ResourceMeta) -> di
         "resource_id": rid,
         "version_id": version_id,
         "last_updated": last_updated,
-        "content_hash": content_hash(resource),
+        "content_hash": resource_hash(resource, ctx),
     }
 
 

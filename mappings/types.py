@@ -48,6 +48,9 @@ class MapContext:
     endpoint: str
     synced_at: datetime
     options: MappingOptions = field(default_factory=MappingOptions)
+    #: The content hash of the resource being mapped, when the caller has it already (the pipeline takes
+    #: it for the stored payload): `mappings.referral.resource_hash` then does not take it again.
+    resource_hash: str | None = None
 
 
 MappedRecords: TypeAlias = dict[str, list[dict[str, Any]]]

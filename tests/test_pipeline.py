@@ -329,3 +329,26 @@ def test_a_missing_table_is_not_worth_retrying(engine: Engine) -> None:
     with pytest.raises(WarehouseError) as info:
         write_page(engine, page)
     assert info.value.transient is False
+
+
+def test_rows_carry_the_content_hash_of_the_stored_payload_taken_once() -> None:
+    import mappings.canonical
+    from connector.pipeline import map_resources
+    from mappings.canonical import content_hash
+
+    resources = [sr(n, f"2026-11-0{n}T10:00:00Z") for n in range(1, 4)]
+    hashed: list[bytes] = []
+    real = mappings.canonical.digest
+
+    def counting(canonical: bytes) -> str:
+        hashed.append(canonical)
+        return real(canonical)
+
+    with pytest.MonkeyPatch.context() as patch:
+        for module in ("mappings.canonical", "mappings.referral", "connector.pipeline"):
+            patch.setattr(f"{module}.digest", counting)
+        mapped = map_resources("clinic", "ServiceRequest", resources, SYNCED_AT)
+    assert len(hashed) == len(resources)  # once each: the mappers reuse the pipeline's hash
+    expected = [content_hash(r) for r in resources]
+    assert [row["content_hash"] for row in mapped.raw] == expected
+    assert [row["content_hash"] for row in mapped.mapped["referral"]] == expected

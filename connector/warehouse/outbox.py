@@ -42,15 +42,17 @@ class Item:
 
 def enqueue(
     conn: Connection, rows: Iterable[Mapping[str, str]], now: datetime, *, reopen: bool = False
-) -> int:
+) -> None:
     """Add outbox items; an item already there is left alone (or set pending again with `reopen`)."""
+    # In key order, as every row a page writes: concurrent writers then lock rows in the same order.
+    unique = {(r["endpoint"], r["kind"], r["item_key"]): r for r in rows}
     values = [
-        {**row, "status": "pending", "attempts": 0, "created_at": now, "updated_at": now}
-        for row in {(r["endpoint"], r["kind"], r["item_key"]): r for r in rows}.values()
+        {**unique[key], "status": "pending", "attempts": 0, "created_at": now, "updated_at": now}
+        for key in sorted(unique)
     ]
     if not values:
-        return 0
-    stmt = insert_for(conn, _OUTBOX).values(values)
+        return
+    stmt = insert_for(conn, _OUTBOX)
     keys = ["endpoint", "kind", "item_key"]
     if reopen:
         stmt = stmt.on_conflict_do_update(
@@ -59,7 +61,9 @@ def enqueue(
         )
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=keys)
-    return conn.execute(stmt).rowcount or 0
+    # Rows as parameters (executemany), so the statement is compiled once, not as a multi-row VALUES
+    # for each page's number of rows.
+    conn.execute(stmt, values)
 
 
 def enqueue_metrics(
