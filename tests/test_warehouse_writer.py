@@ -598,3 +598,59 @@ def test_sqlite_prepares_a_bounded_set_of_statements(sqlite_url: str) -> None:
     finally:
         eng.dispose()
     assert 0 < len(statements) <= 7  # 50 and 32, 16, 8, 4, 2, 1: not one per count
+
+
+@on_postgresql
+def test_copy_in_binary_format_stores_what_text_format_stores(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every table the mappers fill, from every demo resource: written once in COPY's binary format and
+    once in text format (under another endpoint), the rows are the same."""
+    import gzip
+    from importlib import resources as package_files
+
+    import orjson
+
+    from connector.pipeline import map_resources
+    from connector.warehouse import upsert as upsert_module
+
+    folder = package_files.files("connector") / "demo" / "data"
+    formats: list[str] = []
+    real = upsert_module._binary_types
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        types = real(*args, **kwargs)
+        formats.append("binary" if types else "text")
+        return types
+
+    monkeypatch.setattr(upsert_module, "_binary_types", recording)
+    for endpoint in ("binary", "text"):
+        if endpoint == "text":
+            monkeypatch.setattr(upsert_module, "_binary_types", lambda *args, **kwargs: None)
+        for path in sorted(folder.iterdir(), key=lambda p: p.name):
+            lines = gzip.decompress(path.read_bytes()).splitlines()
+            resources = [orjson.loads(line) for line in lines]
+            rtype = path.name.split(".")[0]
+            mapped = map_resources(endpoint, rtype, resources, NOW)
+            write_page(engine, PageWrite(endpoint, rtype, raw=mapped.raw, mapped=mapped.mapped))
+    assert formats
+    assert set(formats) == {"binary"}  # the demo's rows all go in binary format
+
+    tables = [t for t in Base.metadata.sorted_tables if "endpoint" in t.c and "resource_id" in t.c]
+    compared = 0
+    with engine.connect() as conn:
+        for table in tables:
+            columns = [c for c in table.c if c.name not in ("endpoint", "fetched_at", "loaded_at")]
+            rows = {
+                endpoint: sorted(
+                    (
+                        tuple(row)
+                        for row in conn.execute(sa.select(*columns).where(table.c.endpoint == endpoint))
+                    ),
+                    key=repr,
+                )
+                for endpoint in ("binary", "text")
+            }
+            assert rows["binary"] == rows["text"], table.name
+            compared += len(rows["binary"])
+    assert compared > 1000

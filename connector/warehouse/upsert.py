@@ -13,12 +13,17 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from decimal import Decimal
 from functools import cache
 from typing import Any
 
 import orjson
 import psycopg
 import sqlalchemy as sa
+from psycopg.abc import Buffer
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
+from psycopg.types.numeric import NumericBinaryDumper
 from sqlalchemy.engine import Connection
 
 from connector.warehouse.engine import insert_for
@@ -157,7 +162,7 @@ def _json_text(value: Any) -> str:
     if isinstance(value, JsonText):
         return value
     # As SQLAlchemy's JSON type does: None is the JSON null.
-    return orjson.dumps(value).decode()
+    return JsonText(orjson.dumps(value).decode())
 
 
 def _bind_values(
@@ -239,14 +244,23 @@ def _copy_upsert(
     prepare, copy_sql, stmt = _copy_statements(table, names, returning)
     # Inside the caller's transaction: a failed page leaves nothing, the staging table included.
     conn.exec_driver_sql(prepare)
-    _copy(conn, copy_sql, values)
+    _copy(conn, copy_sql, values, _binary_types(table, names, values, staged=True))
     return [tuple(row) for row in conn.execute(stmt)]
 
 
-def _copy(conn: Connection, copy_sql: str, values: list[tuple[Any, ...]]) -> None:
+def _copy(
+    conn: Connection, copy_sql: str, values: list[tuple[Any, ...]], binary_types: list[str] | None
+) -> None:
+    """COPY `values` in; in PostgreSQL's binary format when `binary_types` names the columns' types."""
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    if binary_types is not None:
+        copy_sql += " (FORMAT BINARY)"
+        cursor.adapters.register_dumper(JsonText, _JsonbText)
+        cursor.adapters.register_dumper(float, _NumericFromFloat)
     try:
         with cursor.copy(copy_sql) as copy:
+            if binary_types is not None:
+                copy.set_types(binary_types)
             for row in values:
                 copy.write_row(row)
     except psycopg.Error as exc:
@@ -255,6 +269,76 @@ def _copy(conn: Connection, copy_sql: str, values: list[tuple[Any, ...]]) -> Non
         raise sa.exc.DBAPIError.instance(copy_sql, None, exc, psycopg.Error, hide_parameters=True) from None
     finally:
         cursor.close()
+
+
+# --- COPY's binary format: about four times less work per row than text (no escaping, no date text) -------
+
+
+class _JsonbText(Dumper):
+    """JSON text (`JsonText`) in jsonb's binary format: a version byte, then the text as it is."""
+
+    format = Format.BINARY
+    oid = psycopg.adapters.types["jsonb"].oid
+
+    def dump(self, obj: Any) -> bytes:
+        return b"\x01" + obj.encode()
+
+
+class _NumericFromFloat(NumericBinaryDumper):
+    """numeric's binary format from a float too, as its text (`repr`): what text format sends."""
+
+    def dump(self, obj: Any) -> Buffer | None:
+        return super().dump(Decimal(repr(obj)) if type(obj) is float else obj)
+
+
+#: By the PostgreSQL type a column compiles to: its name for COPY's binary format, and the Python types its
+#: values must have to be written so (a page with any other goes in text format, as before).
+_BINARY: dict[str, tuple[str, frozenset[type]]] = {
+    "VARCHAR": ("varchar", frozenset({str})),
+    "TEXT": ("text", frozenset({str})),
+    "TIMESTAMP WITH TIME ZONE": ("timestamptz", frozenset({datetime})),
+    "BOOLEAN": ("bool", frozenset({bool})),
+    "INTEGER": ("int4", frozenset({int})),
+    "FLOAT": ("float8", frozenset({float})),
+    "NUMERIC": ("numeric", frozenset({Decimal, int, float})),
+    "JSONB": ("jsonb", frozenset({JsonText})),
+}
+
+
+@cache
+def _binary_spec(
+    table: sa.Table, names: tuple[str, ...], staged: bool
+) -> tuple[tuple[str, frozenset[type]], ...] | None:
+    """Per column of `names`: its binary type name and Python type (None: a column type not in `_BINARY`).
+
+    In the staging table JSON columns are text, holding `JsonText`.
+    """
+    spec = []
+    for name in names:
+        column_type = table.c[name].type
+        if staged and isinstance(column_type, sa.JSON):
+            spec.append(("text", frozenset({JsonText})))
+            continue
+        known = _BINARY.get(column_type.compile(dialect=sa.dialects.postgresql.dialect()).split("(")[0])
+        if known is None:
+            return None
+        spec.append(known)
+    return tuple(spec)
+
+
+def _binary_types(
+    table: sa.Table, names: tuple[str, ...], values: list[tuple[Any, ...]], *, staged: bool
+) -> list[str] | None:
+    """The columns' binary type names when every value has its column's Python type (or is None)."""
+    spec = _binary_spec(table, names, staged)
+    if spec is None:
+        return None
+    for i, (_name, python_types) in enumerate(spec):
+        found = set(map(type, map(operator.itemgetter(i), values)))
+        found.discard(type(None))
+        if not found <= python_types:
+            return None
+    return [name for name, _python_types in spec]
 
 
 def holds_none_of(conn: Connection, table: sa.Table, groups: Iterable[tuple[str, str, list[str]]]) -> bool:
@@ -287,7 +371,7 @@ def _copy_new(
     copy_sql = f"COPY {quote(table.name)} ({', '.join(quote(n) for n in names)}) FROM STDIN"
     savepoint = conn.begin_nested()
     try:
-        _copy(conn, copy_sql, values)
+        _copy(conn, copy_sql, values, _binary_types(table, names, values, staged=False))
     except sa.exc.DBAPIError as exc:
         savepoint.rollback()
         if isinstance(exc.orig, psycopg.errors.UniqueViolation):
