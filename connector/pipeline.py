@@ -2,7 +2,8 @@
 
 The watermark is the server's time (the largest `meta.lastUpdated` of the stream, or the Bundle's
 `meta.lastUpdated` when resources carry none), never this machine's clock. It is written in the same
-transaction as the stream's last page, so a run that fails half-way leaves it where it was (a long
+transaction as the stream's last page (or, when mapping workers write the pages, in one of its own once
+every page is committed), so a run that fails half-way leaves it where it was (a long
 backfill is split into windows by the flows instead of checkpointing mid-stream, which offset-paging
 servers make unsafe: see `WatermarkTracker`).
 """
@@ -373,7 +374,9 @@ async def run_stream(
 
     Fetching, mapping and writing overlap: while page k is written (one transaction), the pages after it
     are mapped (`mapper`, possibly in worker processes) and fetched, at most `pages_ahead` of them.
-    Pages are still written in order, so the last one alone carries the watermark.
+    Pages written here are written in order, so the last one carries the watermark. A worker process
+    writes the page it mapped itself when the warehouse allows (`PageSink`): such pages commit in any
+    order, and the watermark follows once the last of them is committed.
 
     With `skip_unchanged` (incremental runs), resources stored exactly so already (the overlap before the
     watermark, a server resending what did not change) are counted as fetched and not mapped again.
