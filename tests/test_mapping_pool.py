@@ -20,7 +20,7 @@ from connector import mapping_pool
 from connector.config import EndpointSettings
 from connector.fhir.page import Page
 from connector.fhir.paging import read_page
-from connector.pipeline import MapJob, MappedPage, map_page, run_stream
+from connector.pipeline import MapJob, MappedPage, StreamResult, map_page, run_stream
 from connector.streams import Plan
 from connector.warehouse import state
 from mappings.types import MappingOptions
@@ -120,6 +120,53 @@ def test_a_worker_writes_the_page_itself_and_sends_back_no_rows(engine: Engine) 
     assert state.get_watermark(engine, "clinic", "ServiceRequest") == (None, None)  # never the watermark
 
 
+class OneAtATime:
+    """A lock that records whether it was held."""
+
+    def __init__(self) -> None:
+        self.held = False
+        self.uses = 0
+
+    def __enter__(self) -> None:
+        assert not self.held
+        self.held, self.uses = True, self.uses + 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.held = False
+
+
+def test_workers_write_to_sqlite_one_at_a_time_through_a_lock_of_their_own(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connector.pipeline import PageSink
+
+    lock = OneAtATime()
+    held_while_writing: list[bool] = []
+    real = mapping_pool.write_mapped
+
+    def spy(*args: Any) -> MappedPage:
+        held_while_writing.append(lock.held)
+        return real(*args)
+
+    monkeypatch.setattr(mapping_pool, "_sqlite_writes", lock)
+    monkeypatch.setattr(mapping_pool, "write_mapped", spy)
+    monkeypatch.setattr(mapping_pool, "_engines", {})  # this process plays the worker
+    endpoint = EndpointSettings(name="clinic", base_url="https://emr.test/fhir")
+    sink = PageSink(engine.url.render_as_string(hide_password=False), endpoint, "last-updated", 100)
+    document = orjson.dumps([service_requests(70), []])
+    try:
+        mapped = mapping_pool._map_in_worker(
+            "clinic", "ServiceRequest", document, False, SYNCED_AT, None, MappingOptions(), sink
+        )
+    finally:
+        for worker_engine in mapping_pool._engines.values():
+            worker_engine.dispose()
+    assert mapped.written is not None
+    on_sqlite = engine.dialect.name == "sqlite"
+    assert held_while_writing == [on_sqlite]  # PostgreSQL takes concurrent writers as they come
+    assert lock.uses == int(on_sqlite)
+
+
 def test_only_a_database_other_processes_reach_is_written_by_workers(tmp_path: Any) -> None:
     from connector.pipeline import shared_by_processes
 
@@ -154,18 +201,22 @@ def test_page_mapper_zero_workers_maps_inline() -> None:
     assert mapping_pool.pages_ahead(3) == 4
 
 
-def _load(engine: Engine, workers: int) -> tuple[int, str | None, list[tuple[str, str]]]:
-    resources = service_requests(400)
+def timed_referrals(count: int) -> list[dict[str, Any]]:
+    """`service_requests(count)`, updated one second apart."""
+    resources = service_requests(count)
     for n, resource in enumerate(resources):
         resource["meta"] = {"versionId": "1", "lastUpdated": f"2026-11-01T10:{n // 60:02d}:{n % 60:02d}Z"}
+    return resources
 
-    endpoint = EndpointSettings(name="clinic", base_url="https://emr.test/fhir")
-    result = asyncio.run(
+
+def stream(engine: Engine, pages: AsyncIterator[Page], workers: int) -> StreamResult:
+    """One ServiceRequest stream of `pages` into `engine`, with `workers` mapping workers."""
+    return asyncio.run(
         run_stream(
             engine=engine,
-            endpoint=endpoint,
+            endpoint=EndpointSettings(name="clinic", base_url="https://emr.test/fhir"),
             plan=PLAN,
-            pages=pages_of(resources, 100),
+            pages=pages,
             run_id="r",
             synced_at=SYNCED_AT,
             batch_size=100,
@@ -173,6 +224,10 @@ def _load(engine: Engine, workers: int) -> tuple[int, str | None, list[tuple[str
             pages_ahead=mapping_pool.pages_ahead(workers),
         )
     )
+
+
+def _load(engine: Engine, workers: int) -> tuple[int, str | None, list[tuple[str, str]]]:
+    result = stream(engine, pages_of(timed_referrals(400), 100), workers)
     assert result.status == "succeeded", result.error
     with engine.connect() as conn:
         referrals = sorted(conn.execute(sa.text("select resource_id, status from referral")).all())
@@ -200,29 +255,12 @@ def test_pages_workers_wrote_before_a_failed_fetch_stay_and_the_watermark_does_n
 ) -> None:
     from connector.errors import TransientFhirError
 
-    resources = service_requests(300)
-    for n, resource in enumerate(resources):
-        resource["meta"] = {"versionId": "1", "lastUpdated": f"2026-11-01T10:{n // 60:02d}:{n % 60:02d}Z"}
-
     async def pages() -> AsyncIterator[Page]:
-        async for page in pages_of(resources, 100):
+        async for page in pages_of(timed_referrals(300), 100):
             yield page
         raise TransientFhirError("GET /ServiceRequest failed: 503")
 
-    endpoint = EndpointSettings(name="clinic", base_url="https://emr.test/fhir")
-    result = asyncio.run(
-        run_stream(
-            engine=engine,
-            endpoint=endpoint,
-            plan=PLAN,
-            pages=pages(),
-            run_id="r",
-            synced_at=SYNCED_AT,
-            batch_size=100,
-            mapper=mapping_pool.page_mapper(2),
-            pages_ahead=mapping_pool.pages_ahead(2),
-        )
-    )
+    result = stream(engine, pages(), 2)
     assert (result.status, result.transient, result.pages, result.fetched) == ("failed", True, 3, 300)
     with engine.connect() as conn:
         stored = conn.execute(sa.text("select count(*) from raw_resource")).scalar_one()
