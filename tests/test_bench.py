@@ -339,3 +339,18 @@ def test_the_database_dropped_before_each_run_must_be_a_bench_database() -> None
 
     with pytest.raises(SystemExit, match="'bench'"):
         reset_pg("postgresql+psycopg://postgres:secret@127.0.0.1:5432/warehouse")
+
+
+def test_cpu_per_resource_is_the_marginal_difference_per_group() -> None:
+    from bench.cpu import GROUPS, CpuSample, marginal_us
+
+    small = CpuSample(20_000, 3.0, {"stream process": 2.0, "workers": 4.0, "postgresql": 1.5})
+    large = CpuSample(120_000, 13.0, {"stream process": 3.5, "workers": 14.0, "postgresql": 7.5})
+    per_resource = marginal_us(small, large)
+    assert per_resource["stream process"] == pytest.approx(15.0)
+    assert per_resource["workers"] == pytest.approx(100.0)
+    assert per_resource["postgresql"] == pytest.approx(60.0)
+    assert per_resource["prefect server"] == 0.0  # a group not read counts nothing
+    assert per_resource["total"] == pytest.approx(sum(per_resource[g] for g in GROUPS))
+    with pytest.raises(ValueError, match="more resources"):
+        marginal_us(large, small)
