@@ -27,9 +27,9 @@ from typing import Any
 import orjson
 from sqlalchemy.engine import Engine
 
-from connector.errors import ConnectorError, TransientFhirError
+from connector.errors import ConnectorError
 from connector.fhir.ndjson import NdjsonPage
-from connector.fhir.paging import split_page
+from connector.fhir.paging import entries_of
 from connector.gc_tuning import freeze_startup_objects
 from connector.pipeline import (
     MapJob,
@@ -135,7 +135,7 @@ def _map_in_worker(
     sink: PageSink | None,
 ) -> MappedPage:
     if deferred:
-        page = split_page(_bundle(document, resource_type), number=0)
+        page = entries_of(document, number=0)
         resources, included = page.resources, page.included
         del page
     else:
@@ -145,22 +145,11 @@ def _map_in_worker(
         return mapped
     del resources, included
     engine = _engine(sink.url)
-    if engine.dialect.name != "sqlite":
-        return write_mapped(engine, sink, resource_type, mapped)
     # SQLite has one write lock, and a writer that finds it taken polls for it, sleeping up to 100 ms at a
     # time: the pages' writes took turns erratically (a 100,000-resource load ran 15 to 32 s). The workers
     # queue on a lock of their own instead, which wakes the next one as soon as it is free.
-    with _sqlite_writes:
+    with _sqlite_writes if engine.dialect.name == "sqlite" else contextlib.nullcontext():
         return write_mapped(engine, sink, resource_type, mapped)
-
-
-def _bundle(document: bytes, resource_type: str) -> dict[str, Any]:
-    try:
-        return orjson.loads(document)  # type: ignore[no-any-return]
-    except orjson.JSONDecodeError:
-        # simdjson took the page in the stream's process (it checks every page); orjson refusing it too is
-        # a server's fault a refetch may cure, as for any broken page.
-        raise TransientFhirError(f"a {resource_type} search page is not JSON orjson can read") from None
 
 
 #: The warehouse engines of this worker process, by URL (one connection each, kept between pages).

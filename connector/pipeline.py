@@ -189,7 +189,7 @@ def map_resources(
 
     Pure apart from the CPU: no I/O, no clock (the sync time is passed in).
     """
-    ctx = MapContext(endpoint=endpoint, synced_at=synced_at, options=options or MappingOptions())
+    options = options or MappingOptions()
     out = MappedPage()
     for resource in resources:
         try:
@@ -206,7 +206,7 @@ def map_resources(
             except MappingError as exc:
                 canonical, unstorable = None, exc
             hashed = digest(canonical) if canonical is not None else None
-            records = _map_one(resource, MapContext(ctx.endpoint, ctx.synced_at, ctx.options, hashed))
+            records = _map_one(resource, MapContext(endpoint, synced_at, options, hashed))
             if canonical is None:
                 raise unstorable
             rtype, rid, version_id, last_updated, _ = resource_meta(resource)

@@ -415,7 +415,7 @@ def test_a_row_another_writer_added_after_the_probe_sends_the_page_down_the_upse
 
 
 def test_the_probe_sees_any_stored_row_of_the_resources(engine: Engine) -> None:
-    from connector.warehouse.upsert import holds_none_of
+    from connector.warehouse.writer import holds_none_of
 
     write_page(engine, page(raw=[raw_row("r2", 1, when=T0)]))
     postgres = engine.dialect.name == "postgresql"

@@ -6,7 +6,6 @@ Next links are followed exactly as the server wrote them: servers keep cursor st
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
@@ -68,11 +67,17 @@ class NextLinkGuard:
         return url
 
 
-def next_link(bundle: dict[str, Any]) -> str | None:
+#: What a parsed Bundle's JSON objects and arrays are: Python's (orjson), or simdjson's unparsed proxies.
+_OBJECT = (dict, simdjson.Object)
+_ARRAY = (list, simdjson.Array)
+
+
+def next_link(bundle: Any) -> str | None:
     """The Bundle.link[relation=next] URL as the server wrote it, if any."""
-    for link in bundle.get("link") or []:
-        if isinstance(link, dict) and link.get("relation") == "next" and link.get("url"):
-            return str(link["url"])
+    links = bundle.get("link")
+    for link in links if isinstance(links, _ARRAY) else ():
+        if isinstance(link, _OBJECT) and link.get("relation") == "next" and link.get("url"):
+            return str(link.get("url"))
     return None
 
 
@@ -102,78 +107,78 @@ def read_page(body: bytes, *, url: httpx.URL | str, number: int, defer: bool) ->
         except (ValueError, RuntimeError):
             document = None
         if isinstance(document, simdjson.Object) and document.get("resourceType") == "Bundle":
-            return _deferred(document, body, number), _next_link_of(document.get("link"))
+            counts = [0, 0, 0]
+            for entry in _entries(document):
+                kind = _entry_kind(entry)
+                if kind is not None:
+                    counts[kind] += 1
+            page = Page(
+                resources=[],
+                included=[],
+                bundle_last_updated=_last_updated(document),
+                number=number,
+                body=body,
+                deferred_counts=(counts[0], counts[1], counts[2]),
+            )
+            return page, next_link(document)
     bundle = parse_bundle(body, url=url)
     return split_page(bundle, number=number), next_link(bundle)
 
 
-def _deferred(document: simdjson.Object, body: bytes, number: int) -> Page:
-    """A page whose entries stay in `body`: counted by search mode as `split_page` sorts them."""
-    counts = [0, 0, 0]
-    entries = document.get("entry")
-    for entry in entries if isinstance(entries, simdjson.Array) else ():
-        if not isinstance(entry, simdjson.Object) or not isinstance(entry.get("resource"), simdjson.Object):
-            continue
-        search = entry.get("search")
-        mode = search.get("mode") if isinstance(search, simdjson.Object) else None
-        counts[_MODE_INDEX.get(mode, 0) if isinstance(mode, str) else 0] += 1
-    meta = document.get("meta")
-    last_updated = meta.get("lastUpdated") if isinstance(meta, simdjson.Object) else None
-    return Page(
-        resources=[],
-        included=[],
-        bundle_last_updated=last_updated if isinstance(last_updated, str) else None,
-        number=number,
-        body=body,
-        deferred_counts=(counts[0], counts[1], counts[2]),
-    )
-
-
-_MODE_INDEX = {"match": 0, "include": 1, "outcome": 2}
-
-
-def _next_link_of(links: Any) -> str | None:
-    for link in links if isinstance(links, simdjson.Array) else ():
-        if isinstance(link, simdjson.Object) and link.get("relation") == "next":
-            url = link.get("url")
-            if url and isinstance(url, str):
-                return url
-    return None
-
-
 def with_entries(page: Page) -> Page:
     """The page with its entries parsed (itself when they are)."""
-    if page.body is None:
-        return page
-    parsed = split_page(orjson.loads(page.body), number=page.number)
-    return dataclasses.replace(parsed, bundle_last_updated=page.bundle_last_updated)
+    return page if page.body is None else entries_of(page.body, number=page.number)
+
+
+def entries_of(body: bytes, *, number: int) -> Page:
+    """The page `read_page` left unparsed, parsed (in a mapping worker, or by `with_entries`)."""
+    try:
+        bundle = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        # simdjson took the page (it checks every page it defers); orjson refusing it too is a server's
+        # fault a refetch may cure, as for any broken page.
+        raise TransientFhirError(f"search page {number} is not JSON orjson can read") from None
+    return split_page(bundle, number=number)
 
 
 def split_page(bundle: dict[str, Any], *, number: int) -> Page:
     """Separate a searchset Bundle's entries by search.mode (match / include / outcome)."""
-    resources: list[dict] = []
-    included: list[dict] = []
-    outcomes: list[dict] = []
-    for entry in bundle.get("entry") or []:
-        if not isinstance(entry, dict):
-            continue
-        resource = entry.get("resource")
-        if not isinstance(resource, dict):
-            continue  # an entry without a resource (e.g. only fullUrl) has nothing to load
-        search = entry.get("search") if isinstance(entry.get("search"), dict) else {}
-        mode = search.get("mode")
-        if mode == "include":
-            included.append(resource)
-        elif mode == "outcome":
-            outcomes.append(resource)
-        else:
-            resources.append(resource)
-    meta = bundle.get("meta") if isinstance(bundle.get("meta"), dict) else {}
-    last_updated = meta.get("lastUpdated")
+    sorted_entries: tuple[list[dict], list[dict], list[dict]] = ([], [], [])
+    for entry in _entries(bundle):
+        kind = _entry_kind(entry)
+        if kind is not None:
+            sorted_entries[kind].append(entry["resource"])
+    resources, included, outcomes = sorted_entries
     return Page(
         resources=resources,
         included=included,
-        bundle_last_updated=last_updated if isinstance(last_updated, str) else None,
+        bundle_last_updated=_last_updated(bundle),
         number=number,
         outcomes=outcomes,
     )
+
+
+def _entries(bundle: Any) -> Any:
+    entries = bundle.get("entry")
+    return entries if isinstance(entries, _ARRAY) else ()
+
+
+#: Where `_entry_kind` sorts an entry by its search.mode; any other mode (or none) is a match.
+_KIND = {"match": 0, "include": 1, "outcome": 2}
+
+
+def _entry_kind(entry: Any) -> int | None:
+    """0 for a match, 1 for an `_include`d resource, 2 for an outcome; None for an entry without a
+    resource (only a fullUrl, say), which has nothing to load."""
+    if not isinstance(entry, _OBJECT) or not isinstance(entry.get("resource"), _OBJECT):
+        return None
+    search = entry.get("search")
+    mode = search.get("mode") if isinstance(search, _OBJECT) else None
+    return _KIND.get(mode, 0) if isinstance(mode, str) else 0
+
+
+def _last_updated(bundle: Any) -> str | None:
+    """Bundle.meta.lastUpdated exactly as the server sent it."""
+    meta = bundle.get("meta")
+    value = meta.get("lastUpdated") if isinstance(meta, _OBJECT) else None
+    return value if isinstance(value, str) else None

@@ -51,8 +51,9 @@ def upsert(
 ) -> list[tuple[Any, ...]]:
     """Insert `rows`, replacing stored ones only when newer; returns `returning` of each row written.
 
-    `new` says the table is believed to hold none of the rows' keys (see `holds_none_of`): on PostgreSQL
-    they are then `COPY`-ed straight in, and should one be there after all, the upsert runs instead.
+    `new` says the table is believed to hold none of the rows' keys (the writer probes for that): on
+    PostgreSQL they are then `COPY`-ed straight in, and should one be there after all, the upsert runs
+    instead.
 
     A stored row is replaced when the incoming one is newer: its `last_updated` is later, or it has one
     and the stored row has none, or both are equal (or both NULL) and its `content_hash` differs. Tables
@@ -215,7 +216,7 @@ def _copy_statements(
     # Both in one round trip (no parameters): the staging table lives as long as the session, and is
     # emptied for each use.
     prepare = f"CREATE TEMP TABLE IF NOT EXISTS {quote(stage.name)} ({columns}); TRUNCATE {quote(stage.name)}"
-    copy = f"COPY {quote(stage.name)} ({', '.join(quote(n) for n in names)}) FROM STDIN"
+    copy = _copy_into(stage.name, names)
     selected = [
         sa.cast(stage.c[n], table.c[n].type) if isinstance(table.c[n].type, sa.JSON) else stage.c[n]
         for n in names
@@ -227,11 +228,18 @@ def _copy_statements(
     return prepare, copy, _newer_wins(stmt, table, names).returning(*(table.c[n] for n in returning))
 
 
-def _pg_type(table: sa.Table, name: str) -> str:
+def _pg_type(table: sa.Table, name: str, *, staged: bool = True) -> str:
+    """The column's PostgreSQL type; in the staging table (`staged`) JSON columns are text."""
     column_type = table.c[name].type
-    if isinstance(column_type, sa.JSON):
+    if staged and isinstance(column_type, sa.JSON):
         return "text"
     return column_type.compile(dialect=sa.dialects.postgresql.dialect())
+
+
+@cache
+def _copy_into(table_name: str, names: tuple[str, ...]) -> str:
+    quote = sa.dialects.postgresql.dialect().identifier_preparer.quote
+    return f"COPY {quote(table_name)} ({', '.join(quote(n) for n in names)}) FROM STDIN"
 
 
 def _copy_upsert(
@@ -295,7 +303,7 @@ class _NumericFromFloat(NumericBinaryDumper):
 #: values must have to be written so (a page with any other goes in text format, as before).
 _BINARY: dict[str, tuple[str, frozenset[type]]] = {
     "VARCHAR": ("varchar", frozenset({str})),
-    "TEXT": ("text", frozenset({str})),
+    "TEXT": ("text", frozenset({str, JsonText})),  # JsonText: a JSON column in the staging table
     "TIMESTAMP WITH TIME ZONE": ("timestamptz", frozenset({datetime})),
     "BOOLEAN": ("bool", frozenset({bool})),
     "INTEGER": ("int4", frozenset({int})),
@@ -309,17 +317,11 @@ _BINARY: dict[str, tuple[str, frozenset[type]]] = {
 def _binary_spec(
     table: sa.Table, names: tuple[str, ...], staged: bool
 ) -> tuple[tuple[str, frozenset[type]], ...] | None:
-    """Per column of `names`: its binary type name and Python type (None: a column type not in `_BINARY`).
-
-    In the staging table JSON columns are text, holding `JsonText`.
-    """
+    """Per column of `names` (in `table`, or its staging twin): its binary type name and the Python types
+    its values may have; None when a column type is not in `_BINARY`."""
     spec = []
     for name in names:
-        column_type = table.c[name].type
-        if staged and isinstance(column_type, sa.JSON):
-            spec.append(("text", frozenset({JsonText})))
-            continue
-        known = _BINARY.get(column_type.compile(dialect=sa.dialects.postgresql.dialect()).split("(")[0])
+        known = _BINARY.get(_pg_type(table, name, staged=staged).split("(")[0].upper())
         if known is None:
             return None
         spec.append(known)
@@ -341,20 +343,6 @@ def _binary_types(
     return [name for name, _python_types in spec]
 
 
-def holds_none_of(conn: Connection, table: sa.Table, groups: Iterable[tuple[str, str, list[str]]]) -> bool:
-    """Whether `table` (keyed by resource) holds no row of the resources (endpoint, resource_type, ids).
-
-    One indexed probe per group, on PostgreSQL only (elsewhere the answer is False: rows are upserted).
-    """
-    if conn.dialect.name != "postgresql":
-        return False
-    for endpoint, resource_type, ids in groups:
-        where = of_resources(conn.dialect, table, endpoint, resource_type, ids)
-        if conn.execute(sa.select(sa.literal(1)).where(where).limit(1)).first() is not None:
-            return False
-    return True
-
-
 def _copy_new(
     conn: Connection,
     table: sa.Table,
@@ -367,8 +355,7 @@ def _copy_new(
     A concurrent writer may add one of the rows after the probe: the unique key then refuses the COPY,
     the savepoint undoes it, and the caller takes the upsert path.
     """
-    quote = sa.dialects.postgresql.dialect().identifier_preparer.quote
-    copy_sql = f"COPY {quote(table.name)} ({', '.join(quote(n) for n in names)}) FROM STDIN"
+    copy_sql = _copy_into(table.name, names)
     savepoint = conn.begin_nested()
     try:
         _copy(conn, copy_sql, values, _binary_types(table, names, values, staged=False))

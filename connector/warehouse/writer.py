@@ -22,7 +22,7 @@ from connector.warehouse.deadletter import record_rejects
 from connector.warehouse.engine import begin_write, db_error_message, insert_for, is_transient_db_error
 from connector.warehouse.models import Base
 from connector.warehouse.planner_stats import analyze_grown
-from connector.warehouse.upsert import JsonText, holds_none_of, of_resources, pk_names, upsert
+from connector.warehouse.upsert import JsonText, of_resources, pk_names, upsert
 from mappings.canonical import content_hash
 
 __all__ = [
@@ -226,6 +226,20 @@ def _deleted_keys(conn: Connection, keys: set[tuple[Any, ...]]) -> set[tuple[Any
         where = of_resources(conn.dialect, raw, endpoint, resource_type, ids)
         found.update(tuple(row) for row in conn.execute(sa.select(*columns).where(where, raw.c.deleted)))
     return found
+
+
+def holds_none_of(conn: Connection, table: sa.Table, groups: Iterable[tuple[str, str, list[str]]]) -> bool:
+    """Whether `table` (keyed by resource) holds no row of the resources (endpoint, resource_type, ids).
+
+    One indexed probe per group, on PostgreSQL only (elsewhere the answer is False: rows are upserted).
+    """
+    if conn.dialect.name != "postgresql":
+        return False
+    for endpoint, resource_type, ids in groups:
+        where = of_resources(conn.dialect, table, endpoint, resource_type, ids)
+        if conn.execute(sa.select(sa.literal(1)).where(where).limit(1)).first() is not None:
+            return False
+    return True
 
 
 def _apply_deletions(
