@@ -6,6 +6,10 @@ most once a minute), the planner believes `endpoint = .. AND resource_type = ..`
 all of that endpoint's rows of the type and filters them against the ids, on every page: a first load of
 120,000 resources spent more time there than in everything else together. An `ANALYZE` each time a table
 has doubled costs a few of them per table and keeps those lookups on the index.
+
+Only the primary key's columns are analyzed: they are what those lookups filter on, and the rest (the raw
+JSON above all, which ANALYZE would detoast and sort) cost most of the time. Autovacuum's own ANALYZE,
+later, covers every column for the views.
 """
 
 from __future__ import annotations
@@ -21,23 +25,32 @@ log = logging.getLogger(__name__)
 #: Smaller tables are left to autovacuum: any plan is fast on them.
 MIN_BYTES = 1 << 20
 
-#: The tables (of `names`) whose size on disk is more than twice what their statistics say, and 1 MB more.
+#: The tables (of `names`) whose size on disk is more than twice what their statistics say, and 1 MB more,
+#: each with its primary key's columns (NULL without one).
 _GROWN = sa.text(
-    "SELECT c.relname FROM pg_class AS c "
+    "SELECT c.relname, (SELECT array_agg(a.attname ORDER BY a.attnum) FROM pg_index AS i "
+    "JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+    "WHERE i.indrelid = c.oid AND i.indisprimary) AS key_columns "
+    "FROM pg_class AS c "
     "WHERE c.oid IN (SELECT to_regclass(name) FROM unnest(CAST(:names AS text[])) AS name) "
     "AND pg_relation_size(c.oid) "
-    "> :min_bytes + 2 * c.relpages::bigint * current_setting('block_size')::bigint"
+    "> :min_bytes + 2 * c.relpages::bigint * current_setting('block_size')::bigint "
+    "ORDER BY c.relname"
 )
+
+
+def _grown(engine: Engine, names: Iterable[str]) -> list[tuple[str, list[str] | None]]:
+    if engine.dialect.name != "postgresql":
+        return []
+    with engine.connect() as conn:
+        found = conn.execute(_GROWN, {"names": sorted(set(names)), "min_bytes": MIN_BYTES}).all()
+        conn.rollback()
+    return [(name, columns) for name, columns in found]
 
 
 def grown_tables(engine: Engine, names: Iterable[str]) -> list[str]:
     """The tables of `names` a load has doubled since PostgreSQL last analyzed them (none elsewhere)."""
-    if engine.dialect.name != "postgresql":
-        return []
-    with engine.connect() as conn:
-        found = conn.execute(_GROWN, {"names": sorted(set(names)), "min_bytes": MIN_BYTES}).scalars().all()
-        conn.rollback()
-    return sorted(found)
+    return [name for name, _columns in _grown(engine, names)]
 
 
 def analyze_grown(engine: Engine, names: Iterable[str]) -> list[str]:
@@ -47,13 +60,14 @@ def analyze_grown(engine: Engine, names: Iterable[str]) -> list[str]:
     is logged and otherwise ignored: statistics make the next pages faster, the pages are written already.
     """
     try:
-        grown = grown_tables(engine, names)
+        grown = _grown(engine, names)
         if grown:
             quote = engine.dialect.identifier_preparer.quote
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                for name in grown:
-                    conn.exec_driver_sql(f"ANALYZE (SKIP_LOCKED) {quote(name)}")
+                for name, columns in grown:
+                    keys = f" ({', '.join(quote(c) for c in columns)})" if columns else ""
+                    conn.exec_driver_sql(f"ANALYZE (SKIP_LOCKED) {quote(name)}{keys}")
     except sa.exc.SQLAlchemyError as exc:
         log.warning("analyzing grown tables failed: %s", type(exc).__name__)
         return []
-    return grown
+    return [name for name, _columns in grown]
