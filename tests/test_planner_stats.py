@@ -48,13 +48,10 @@ def analyzed_columns(engine: Engine, table: str) -> list[str]:
 def estimated_rows(engine: Engine) -> int:
     """How many of the endpoint's ServiceRequests PostgreSQL expects (what decides how it finds ids)."""
     with engine.connect() as conn:
-        plan = (
-            conn.exec_driver_sql(
-                "EXPLAIN SELECT 1 FROM raw_resource WHERE endpoint = 'emr' AND resource_type = 'ServiceRequest'"
-            )
-            .scalars()
-            .first()
+        query = (
+            "EXPLAIN SELECT 1 FROM raw_resource WHERE endpoint = 'emr' AND resource_type = 'ServiceRequest'"
         )
+        plan = conn.exec_driver_sql(query).scalars().first()
     return int(re.search(r"rows=(\d+)", plan).group(1))  # type: ignore[union-attr]
 
 

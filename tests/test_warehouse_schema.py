@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -179,3 +180,46 @@ def test_utc_datetime_refuses_naive_datetimes(engine: Engine) -> None:
         conn.execute(
             sa.insert(table).values(endpoint="e", resource_type="Claim", updated_at=datetime(2024, 1, 1))
         )
+
+
+@pytest.mark.parametrize(
+    "warehouse_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_raw_payloads_stored_as_jsonb_become_json_and_back(warehouse_url: str) -> None:
+    from alembic import command
+
+    from connector.warehouse.engine import _alembic_config
+
+    engine = make_engine(warehouse_url)
+    payload = {"resourceType": "ServiceRequest", "id": "sr-1", "note": [{"text": "über"}]}
+
+    def payload_type() -> str:
+        with engine.connect() as conn:
+            return conn.exec_driver_sql(
+                "SELECT data_type FROM information_schema.columns "
+                "WHERE table_name = 'raw_resource' AND column_name = 'payload'"
+            ).scalar_one()
+
+    def stored() -> dict:
+        with engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT payload FROM raw_resource").scalar_one()
+
+    try:
+        with engine.begin() as conn:
+            command.upgrade(_alembic_config(conn), "0007")
+        assert payload_type() == "jsonb"
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO raw_resource (endpoint, resource_type, resource_id, content_hash, payload, "
+                    "fetched_at) VALUES ('emr', 'ServiceRequest', 'sr-1', 'h', CAST(:p AS jsonb), now())"
+                ),
+                {"p": json.dumps(payload)},
+            )
+        assert migrate(engine) == HEAD_REVISION
+        assert (payload_type(), stored()) == ("json", payload)
+        with engine.begin() as conn:
+            command.downgrade(_alembic_config(conn), "0007")
+        assert (payload_type(), stored()) == ("jsonb", payload)
+    finally:
+        engine.dispose()

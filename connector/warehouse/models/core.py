@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from connector.warehouse.models.base import Base
+from connector.warehouse.models.base import Base, RawJSONType
 
 
 class RawResource(Base):
@@ -24,7 +24,7 @@ class RawResource(Base):
     last_updated: Mapped[datetime | None]
     #: sha256 hex of the canonical JSON (`writer.content_hash`).
     content_hash: Mapped[str]
-    payload: Mapped[dict[str, Any]]
+    payload: Mapped[dict[str, Any]] = mapped_column(RawJSONType)
     deleted: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     #: When the server deleted the resource (or marked it entered-in-error); NULL while it exists.
     deleted_at: Mapped[datetime | None]
