@@ -45,6 +45,15 @@ def analyzed_columns(engine: Engine, table: str) -> list[str]:
         )
 
 
+def create_past_min_bytes(engine: Engine, table: str, key: str) -> None:
+    """A table of (`key`, filler text) rows twice `MIN_BYTES` big, never analyzed."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE TABLE {table} ({key}, filler text)")
+        conn.exec_driver_sql(
+            f"INSERT INTO {table} SELECT g, repeat('x', 1000) FROM generate_series(1, {MIN_BYTES // 500}) g"
+        )
+
+
 def estimated_rows(engine: Engine) -> int:
     """How many of the endpoint's ServiceRequests PostgreSQL expects (what decides how it finds ids)."""
     with engine.connect() as conn:
@@ -76,11 +85,7 @@ def test_a_page_that_doubles_a_table_gets_it_analyzed(engine: Engine) -> None:
     "warehouse_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
 )
 def test_only_tables_grown_past_twice_their_statistics_are_named(engine: Engine) -> None:
-    with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE grows (id int PRIMARY KEY, filler text)")
-        conn.exec_driver_sql(
-            f"INSERT INTO grows SELECT g, repeat('x', 1000) FROM generate_series(1, {MIN_BYTES // 500}) g"
-        )
+    create_past_min_bytes(engine, "grows", "id int PRIMARY KEY")
     assert grown_tables(engine, ["grows", "raw_resource", "no_such_table"]) == ["grows"]
     assert analyze_grown(engine, ["grows"]) == ["grows"]
     assert grown_tables(engine, ["grows"]) == []
@@ -94,11 +99,7 @@ def test_only_tables_grown_past_twice_their_statistics_are_named(engine: Engine)
     "warehouse_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
 )
 def test_a_table_without_a_key_is_analyzed_whole(engine: Engine) -> None:
-    with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE heap_only (n int, filler text)")
-        conn.exec_driver_sql(
-            f"INSERT INTO heap_only SELECT g, repeat('x', 1000) FROM generate_series(1, {MIN_BYTES // 500}) g"
-        )
+    create_past_min_bytes(engine, "heap_only", "n int")
     assert analyze_grown(engine, ["heap_only"]) == ["heap_only"]
     assert analyzed_columns(engine, "heap_only") == ["filler", "n"]
 
