@@ -150,7 +150,7 @@ class FhirClient:
             guard.visit(url)
             page, link = await self._with_retries("GET", url, page=(number, defer_entries))
             fetched += page.counts[0]
-            outcomes = page.deferred_counts[2] if page.body is not None else len(page.outcomes)
+            outcomes = page.outcome_count
             if outcomes:
                 logger.warning(
                     "%s search page %d carries %d OperationOutcome warning(s)",

@@ -32,3 +32,8 @@ class Page:
         if self.body is not None:
             return self.deferred_counts[0], self.deferred_counts[1]
         return len(self.resources), len(self.included)
+
+    @property
+    def outcome_count(self) -> int:
+        """OperationOutcome entries of the page, whether its entries are parsed or not."""
+        return self.deferred_counts[2] if self.body is not None else len(self.outcomes)

@@ -66,17 +66,17 @@ def upsert(
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     pk = pk_names(table)
-    names = column_names(table, rows)
+    names = tuple(column_names(table, rows))
     unique = newest_per_key(rows, pk, has_last_updated="last_updated" in table.c)
     if conn.dialect.name == "postgresql":
         values = _bind_values(conn, table, names, unique, times=True)
         if new:
-            inserted = _copy_new(conn, table, tuple(names), values, tuple(returning))
+            inserted = _copy_new(conn, table, names, values, tuple(returning))
             if inserted is not None:
                 return inserted
-        return _copy_upsert(conn, table, tuple(names), values, tuple(returning))
+        return _copy_upsert(conn, table, names, values, tuple(returning))
     values = _bind_values(conn, table, names, unique, times=False)
-    return _executemany_upsert(conn, table, tuple(names), values, tuple(returning), batch_size)
+    return _executemany_upsert(conn, table, names, values, tuple(returning), batch_size)
 
 
 def column_names(table: sa.Table, rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -167,7 +167,7 @@ def _json_text(value: Any) -> str:
 
 
 def _bind_values(
-    conn: Connection, table: sa.Table, names: Sequence[str], rows: Sequence[dict[str, Any]], *, times: bool
+    conn: Connection, table: sa.Table, names: tuple[str, ...], rows: Sequence[dict[str, Any]], *, times: bool
 ) -> list[tuple[Any, ...]]:
     """Row tuples in `names` order, JSON as text and (with `times`, for COPY, which bypasses the column
     types) timestamps refused unless time-zone aware, as `UTCDateTime` does."""
@@ -176,7 +176,7 @@ def _bind_values(
         values: list[Any] = list(map(operator.itemgetter(*names), rows))  # in C
     else:
         values = [tuple(row.get(name) for name in names) for row in rows]
-    json_at, times_at = _typed_positions(table, tuple(names))
+    json_at, times_at = _typed_positions(table, names)
     if json_at:
         serialized = [
             i for i in json_at if any(type(v) is not JsonText for v in map(operator.itemgetter(i), values))
@@ -283,9 +283,10 @@ def _copy(
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     if binary_types is not None:
         copy_sql += " (FORMAT BINARY)"
-        cursor.adapters.register_dumper(JsonText, _JsonbText)
-        cursor.adapters.register_dumper(None, _JsonBinaryText)  # by oid: the json columns `set_types` names
-        cursor.adapters.register_dumper(float, _NumericFromFloat)
+        # By oid: `set_types` names the columns' types, and the dumpers are looked up by them.
+        cursor.adapters.register_dumper(None, _JsonbBinaryText)
+        cursor.adapters.register_dumper(None, _JsonBinaryText)
+        cursor.adapters.register_dumper(None, _NumericFromFloat)
     try:
         with cursor.copy(copy_sql) as copy:
             if binary_types is not None:
@@ -303,24 +304,22 @@ def _copy(
 # --- COPY's binary format: about four times less work per row than text (no escaping, no date text) -------
 
 
-class _JsonbText(Dumper):
-    """JSON text (`JsonText`) in jsonb's binary format: a version byte, then the text as it is."""
-
-    format = Format.BINARY
-    oid = psycopg.adapters.types["jsonb"].oid
-
-    def dump(self, obj: Any) -> bytes:
-        return b"\x01" + obj.encode()
-
-
 class _JsonBinaryText(Dumper):
     """JSON text (`JsonText`) in json's binary format, which is the text as it is."""
 
     format = Format.BINARY
     oid = psycopg.adapters.types["json"].oid
+    prefix = b""
 
     def dump(self, obj: Any) -> bytes:
-        return obj.encode()
+        return self.prefix + obj.encode()
+
+
+class _JsonbBinaryText(_JsonBinaryText):
+    """JSON text (`JsonText`) in jsonb's binary format: a version byte, then the text as it is."""
+
+    oid = psycopg.adapters.types["jsonb"].oid
+    prefix = b"\x01"
 
 
 class _NumericFromFloat(NumericBinaryDumper):
