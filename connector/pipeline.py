@@ -347,8 +347,11 @@ PageMapper = Callable[[MapJob], Awaitable[MappedPage]]
 
 
 async def map_inline(job: MapJob) -> MappedPage:
-    """Map the page in this process (small pages, tests, or no worker processes configured)."""
-    return map_page(job)
+    """Map the page in this process (small pages, tests, or no worker processes configured).
+
+    In a thread: streams share an event loop, which keeps fetching for the others meanwhile.
+    """
+    return await asyncio.to_thread(map_page, job)
 
 
 #: Pages mapped ahead of the one being written: enough to keep every worker busy, few enough that

@@ -4,10 +4,11 @@ Flow parameters are the config file path and names only: settings (with secrets)
 run, so nothing sensitive reaches the Prefect API. Logs carry counts and names, never resources.
 
 Stream tasks take one picklable `StreamJob` (config path, endpoint name, plan, backfill window, run id)
-and build what they need from it, so the same code runs on threads, in worker processes and on a Dask
-cluster (`[runtime] task_runner`). In the flow's own process a task borrows the run's settings and
-engine instead of building its own; each task opens its own FHIR client, because an httpx.AsyncClient
-belongs to the event loop it was opened on and every runner gives a task a loop of its own.
+and build what they need from it, so the same code runs on the flow's event loop, in worker processes
+and on a Dask cluster (`[runtime] task_runner`). In the flow's own process a task borrows the run's
+settings and engine instead of building its own; each task opens its own FHIR client, because an
+httpx.AsyncClient belongs to the event loop it was opened on, and the process and Dask runners give a
+task a loop of its own.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from connector.warehouse import bulk_state, state
 from connector.warehouse.engine import ensure_schema, make_engine
 from connector.warehouse.writer import PageWrite, write_page
 from flows import artifacts
-from flows.runners import build_task_runner, run_bounded
+from flows.runners import run_tasks
 from flows.windows import Window, ordered_watermark, plan_windows, window_params
 
 
@@ -373,8 +374,7 @@ async def _run_jobs(jobs: list[StreamJob], endpoint_name: str, settings: Setting
     # The tag lets a Prefect tag concurrency limit cap one EMR across every worker and machine
     # (`prefect concurrency-limit create endpoint:NAME N`); the semaphore caps it within this run.
     stream_task = sync_stream.with_options(tags=await endpoint_tags(endpoint_name))
-    with build_task_runner(settings.runtime, min(parallel, max(len(jobs), 1))) as runner:
-        return await run_bounded(jobs, parallel, lambda job: runner.submit(stream_task, {"job": job}))
+    return await run_tasks(stream_task, jobs, settings.runtime, parallel)
 
 
 async def endpoint_tags(endpoint_name: str) -> list[str]:

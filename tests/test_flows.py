@@ -255,6 +255,44 @@ def test_windowed_backfill_loads_everything_exactly_once(
     assert [dict(s).get("_lastUpdated") for s in stub.searches] == [f"gt{_updated(39)}"]
 
 
+def test_threads_runner_runs_the_window_tasks_on_the_flow_loop_two_at_a_time(
+    prefect_harness: None,
+    tmp_path: Path,
+    sqlite_url: str,
+    stub: StubFhir,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No thread, loop or Prefect client per task: the flow's own loop, `max_parallel_streams` at once."""
+    import flows.sync
+    from flows.sync import sync_endpoint
+
+    loops: list[asyncio.AbstractEventLoop] = []
+    running = [0, 0]  # now, most at once
+    real_run_stream = flows.sync.run_stream
+
+    async def watched(**kwargs: Any) -> Any:
+        loops.append(asyncio.get_running_loop())
+        running[0] += 1
+        running[1] = max(running)
+        try:
+            return await real_run_stream(**kwargs)
+        finally:
+            running[0] -= 1
+
+    async def flow_and_its_loop() -> tuple[Any, asyncio.AbstractEventLoop]:
+        state = await sync_endpoint(str(config), "clinic", run_id="one-loop", return_state=True)
+        return state, asyncio.get_running_loop()
+
+    monkeypatch.setattr(flows.sync, "run_stream", watched)
+    config = server_config(tmp_path, sqlite_url, stub.base, "max_parallel_streams = 2")
+    flow_state, flow_loop = asyncio.run(flow_and_its_loop())
+    assert flow_state.is_completed(), flow_state.message
+    assert len(loops) == 4
+    assert set(loops) == {flow_loop}
+    assert running[1] == 2
+    assert len(warehouse_snapshot(sqlite_url)[0]) == 40
+
+
 def test_failed_window_holds_the_watermark_before_it(
     prefect_harness: None, tmp_path: Path, sqlite_url: str, stub: StubFhir
 ) -> None:

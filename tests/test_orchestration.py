@@ -244,12 +244,12 @@ def test_example_config_runtime_table_parses_when_uncommented() -> None:
 
 
 def test_build_task_runner_per_setting() -> None:
-    from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+    from prefect.task_runners import ProcessPoolTaskRunner
     from prefect_dask import DaskTaskRunner
 
     from flows.runners import build_task_runner
 
-    assert isinstance(build_task_runner(RuntimeSettings(), 3), ThreadPoolTaskRunner)
+    assert build_task_runner(RuntimeSettings(), 3) is None  # threads: the flow's own event loop
     assert isinstance(build_task_runner(RuntimeSettings(task_runner="processes"), 2), ProcessPoolTaskRunner)
     local = build_task_runner(RuntimeSettings(task_runner="dask"), 2)
     assert isinstance(local, DaskTaskRunner)
@@ -257,6 +257,24 @@ def test_build_task_runner_per_setting() -> None:
     remote = build_task_runner(RuntimeSettings(task_runner="dask", dask_address="tcp://sched:8786"), 2)
     assert isinstance(remote, DaskTaskRunner)
     assert remote.address == "tcp://sched:8786"
+
+
+def test_run_bounded_keeps_to_the_limit_and_the_job_order() -> None:
+    from flows.runners import run_bounded
+
+    running = [0, 0]  # now, most at once
+
+    async def run(job: int) -> Any:
+        running[0] += 1
+        running[1] = max(running)
+        for _ in range(job % 3 + 1):  # finish out of order
+            await asyncio.sleep(0)
+        running[0] -= 1
+        return f"state {job}"
+
+    states = asyncio.run(run_bounded(list(range(7)), 3, run))
+    assert states == [f"state {job}" for job in range(7)]
+    assert running == [0, 3]
 
 
 def test_stream_failure_and_jobs_cross_process_boundaries() -> None:
