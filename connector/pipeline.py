@@ -206,7 +206,7 @@ def map_resources(
             except MappingError as exc:
                 canonical, unstorable = None, exc
             hashed = digest(canonical) if canonical is not None else None
-            records = _map_one(resource, MapContext(endpoint, synced_at, options, hashed))
+            records = _map_one(resource, MapContext(endpoint, synced_at, options, hashed, canonical))
             if canonical is None:
                 raise unstorable
             rtype, rid, version_id, last_updated, _ = resource_meta(resource)

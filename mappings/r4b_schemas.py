@@ -517,14 +517,20 @@ _NOT_STRUCTURE = bytes(set(range(256)) - set(b'{}[]"'))
 _STRINGS = re.compile(rb'"[^"]*"')
 
 
-def nests_too_deep(resource: Any) -> bool:
+def nests_too_deep(resource: Any, whole_json: bytes | None = None) -> bool:
     """`too_deep(resource, MAX_DEPTH)` in a few µs, from the bracket nesting of the resource's JSON text.
 
     `validate_strict` checks the whole resource with it, `validate_mapped` the projection, as `validate`
     does. Whoever stores the whole resource (the raw payload) after `validate_mapped` should check the
     whole resource with it too: unread elements are not validated, and the JSON encoders fail on deeper
     nesting.
+
+    `whole_json`, the JSON text of the whole resource when the caller has it (the pipeline serializes
+    each resource for its payload), answers the usual case without serializing again: text with no more
+    opening brackets than `MAX_DEPTH` cannot nest deeper, nor can any part of it (a projection).
     """
+    if whole_json is not None and whole_json.count(b"{") + whole_json.count(b"[") <= MAX_DEPTH:
+        return False
     try:
         text = orjson.dumps(resource)
     except (orjson.JSONEncodeError, TypeError):  # deeper than orjson goes, or an int beyond 64 bits

@@ -47,9 +47,9 @@ def map_resource(resource: dict[str, Any], ctx: MapContext) -> MappedRecords:
     validated only (kept raw).
     """
     if ctx.options.validation == "mapped":
-        validate_mapped(resource)
+        validate_mapped(resource, ctx.resource_json)
     else:
-        validate_strict(resource)
+        validate_strict(resource, ctx.resource_json)
     records: MappedRecords = {}
     for mapper in MAPPERS.get(resource["resourceType"], ()):
         for table, rows in mapper(resource, ctx).items():

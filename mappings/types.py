@@ -51,6 +51,9 @@ class MapContext:
     #: The content hash of the resource being mapped, when the caller has it already (the pipeline takes
     #: it for the stored payload): `mappings.referral.resource_hash` then does not take it again.
     resource_hash: str | None = None
+    #: The resource as canonical JSON, when the caller has it (the pipeline, for the stored payload):
+    #: validation reads the resource's nesting depth from it instead of serializing it again.
+    resource_json: bytes | None = None
 
 
 MappedRecords: TypeAlias = dict[str, list[dict[str, Any]]]

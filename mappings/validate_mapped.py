@@ -159,8 +159,11 @@ def _root_validator(rtype: str) -> SchemaValidator:
 # -- the check ---------------------------------------------------------------------------------------
 
 
-def validate_mapped(resource: dict[str, Any]) -> None:
-    """Raise `MappingError` (one line, no resource values) unless the projection of `resource` is valid."""
+def validate_mapped(resource: dict[str, Any], whole_json: bytes | None = None) -> None:
+    """Raise `MappingError` (one line, no resource values) unless the projection of `resource` is valid.
+
+    `whole_json`: the resource's JSON text, when the caller has it (see `nests_too_deep`).
+    """
     if not isinstance(resource, dict):
         raise MappingError(f"{resource_label(resource)}: a resource must be a JSON object")
     rtype = resource.get("resourceType")
@@ -172,7 +175,7 @@ def validate_mapped(resource: dict[str, Any]) -> None:
         raise MappingError(f"{resource_label(resource)}: missing id")
     keys, validator = prepared
     projected = {key: value for key, value in resource.items() if key in keys}  # project(), checked
-    if nests_too_deep(projected):
+    if nests_too_deep(projected, whole_json):
         raise MappingError(
             f"{resource_label(resource)}: invalid {rtype}: nested more than {MAX_DEPTH} levels deep"
         )
@@ -184,7 +187,8 @@ def validate_mapped(resource: dict[str, Any]) -> None:
     except (ValueError, TypeError, LookupError, AttributeError) as exc:  # as `validate`: invalid input
         problems = [f"<root>: {type(exc).__name__}"]
     problems += _check_required_codes(projected, rtype)
-    raise_problems(resource_label(resource), rtype, problems)
+    if problems:
+        raise_problems(resource_label(resource), rtype, problems)
 
 
 #: Per known resource type (filled on first use): its projected keys and the validator of its projection.

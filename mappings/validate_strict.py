@@ -37,10 +37,11 @@ def strict_validator(rtype: str) -> SchemaValidator | None:
     return validator
 
 
-def accepts(resource: Any) -> bool:
+def accepts(resource: Any, whole_json: bytes | None = None) -> bool:
     """Whether the compiled check alone finds `resource` valid: then `validate` accepts it as well.
 
-    False says nothing (the resource may still be valid): ask `validate`.
+    False says nothing (the resource may still be valid): ask `validate`. `whole_json`: the resource's
+    JSON text, when the caller has it (see `nests_too_deep`).
     """
     if not isinstance(resource, dict):
         return False
@@ -49,7 +50,7 @@ def accepts(resource: Any) -> bool:
         return False
     validator = strict_validator(rtype)
     rid = resource.get("id")
-    if validator is None or not isinstance(rid, str) or not rid or nests_too_deep(resource):
+    if validator is None or not isinstance(rid, str) or not rid or nests_too_deep(resource, whole_json):
         return False
     try:
         validator.validate_python(resource)
@@ -58,11 +59,11 @@ def accepts(resource: Any) -> bool:
     return not _check_required_codes(resource, rtype)
 
 
-def validate_strict(resource: dict[str, Any]) -> None:
+def validate_strict(resource: dict[str, Any], whole_json: bytes | None = None) -> None:
     """Raise `MappingError` (one line, no resource values) unless `resource` is a valid R4 resource.
 
     The same verdict and message as `mappings.validate.validate`, which judges whatever the compiled
-    check does not accept.
+    check does not accept. `whole_json`: the resource's JSON text, when the caller has it.
     """
-    if not accepts(resource):
+    if not accepts(resource, whole_json):
         validate(resource)

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -47,6 +48,7 @@ from mappings.registry import MAPPERS
 from mappings.types import MapContext
 from mappings.validate import MAX_DEPTH, _model_class, too_deep, validate
 from mappings.validate_mapped import READ_ELEMENTS, project, required_elements, validate_mapped
+from mappings.validate_strict import validate_strict
 from tests.r4b_inputs import (
     ANY_VALUES,
     IDS,
@@ -480,6 +482,33 @@ def test_depth_check_agrees_with_too_deep() -> None:
     for resource in RESOURCES:
         assert not nests_too_deep(resource)
         assert nests_too_deep({**resource, "extension": [nested_extension(32)]})
+
+
+def test_depth_check_with_the_whole_resources_json_agrees_with_too_deep() -> None:
+    """The pipeline passes the whole resource's JSON: the verdict on the projection stays too_deep's."""
+    rng = random.Random(5)
+    for _ in range(300):
+        depth = rng.randrange(1, 70)
+        value = {"resourceType": "Basic", "x": _nested(rng, depth)}
+        unread = {"unread": _nested(rng, rng.randrange(1, 70))}  # in the whole resource, not the part
+        for whole in (value, {**value, **unread}):
+            text = orjson.dumps(whole, option=orjson.OPT_SORT_KEYS)
+            assert nests_too_deep(value, text) == too_deep(value, MAX_DEPTH), depth
+    for resource in RESOURCES:
+        deep = {**resource, "extension": [nested_extension(32)]}
+        assert not nests_too_deep(resource, orjson.dumps(resource))
+        assert nests_too_deep(deep, orjson.dumps(deep))
+        # The projection of a deep resource whose depth is in an element it leaves out.
+        assert not nests_too_deep(resource, orjson.dumps(deep))
+
+
+def test_validation_given_the_resources_json_judges_as_without_it() -> None:
+    for resource in RESOURCES:
+        for candidate in (resource, {**resource, "extension": [nested_extension(32)]}):
+            text = orjson.dumps(candidate, option=orjson.OPT_SORT_KEYS)
+            for check in (validate_mapped, validate_strict):
+                given = outcome(lambda r, c=check, t=text: c(r, t), candidate)
+                assert given == outcome(check, candidate)
 
 
 # -- messages ---------------------------------------------------------------------------------------
