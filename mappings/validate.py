@@ -191,13 +191,14 @@ def validate(resource: dict[str, Any]) -> None:
         # resourceType is empty: KeyError); the input is invalid, not our code.
         problems = [f"<root>: {type(exc).__name__}"]
     problems += _check_required_codes(resource, rtype)
-    raise_problems(label, rtype, problems)
+    raise_problems(resource, rtype, problems)
 
 
-def raise_problems(label: str, rtype: str, problems: list[str]) -> None:
-    """Raise one MappingError listing the first problems found, if any."""
+def raise_problems(resource: Any, rtype: str, problems: list[str]) -> None:
+    """Raise one MappingError listing the first problems found, if any (labelled only then)."""
     if not problems:
         return
+    label = resource_label(resource)
     shown = "; ".join(problems[:_MAX_ERRORS_SHOWN])
     more = len(problems) - _MAX_ERRORS_SHOWN
     suffix = f" ({more} more)" if more > 0 else ""

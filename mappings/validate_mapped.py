@@ -187,8 +187,7 @@ def validate_mapped(resource: dict[str, Any], whole_json: bytes | None = None) -
     except (ValueError, TypeError, LookupError, AttributeError) as exc:  # as `validate`: invalid input
         problems = [f"<root>: {type(exc).__name__}"]
     problems += _check_required_codes(projected, rtype)
-    if problems:
-        raise_problems(resource_label(resource), rtype, problems)
+    raise_problems(resource, rtype, problems)
 
 
 #: Per known resource type (filled on first use): its projected keys and the validator of its projection.

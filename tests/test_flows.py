@@ -279,12 +279,13 @@ def test_threads_runner_runs_the_window_tasks_on_the_flow_loop_two_at_a_time(
         finally:
             running[0] -= 1
 
+    config = server_config(tmp_path, sqlite_url, stub.base, "max_parallel_streams = 2")
+
     async def flow_and_its_loop() -> tuple[Any, asyncio.AbstractEventLoop]:
         state = await sync_endpoint(str(config), "clinic", run_id="one-loop", return_state=True)
         return state, asyncio.get_running_loop()
 
     monkeypatch.setattr(flows.sync, "run_stream", watched)
-    config = server_config(tmp_path, sqlite_url, stub.base, "max_parallel_streams = 2")
     flow_state, flow_loop = asyncio.run(flow_and_its_loop())
     assert flow_state.is_completed(), flow_state.message
     assert len(loops) == 4
