@@ -18,6 +18,7 @@ import logging
 import multiprocessing
 import os
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import AbstractContextManager
@@ -29,7 +30,7 @@ from sqlalchemy.engine import Engine
 
 from connector.errors import ConnectorError
 from connector.fhir.ndjson import NdjsonPage
-from connector.fhir.paging import entries_of
+from connector.fhir.paging import entry_texts
 from connector.gc_tuning import freeze_startup_objects
 from connector.pipeline import (
     MapJob,
@@ -134,10 +135,9 @@ def _map_in_worker(
     options: MappingOptions,
     sink: PageSink | None,
 ) -> MappedPage:
+    resources: Sequence[Any]
     if deferred:
-        page = entries_of(document, number=0)
-        resources, included = page.resources, page.included
-        del page
+        resources, included = entry_texts(document, number=0)
     else:
         resources, included = orjson.loads(document)
     mapped = map_lists(endpoint, resource_type, resources, included, synced_at, date_element, options)

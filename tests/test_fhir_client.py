@@ -19,7 +19,8 @@ from connector.config import EndpointSettings
 from connector.errors import AuthError, FatalFhirError, TransientFhirError
 from connector.fhir.client import FhirClient
 from connector.fhir.page import Page
-from connector.fhir.paging import read_page, split_page, with_entries
+from connector.fhir.paging import ResourceTexts, entries_of, entry_texts, read_page, split_page, with_entries
+from mappings.canonical import canonical_json
 
 BASE = "https://emr.example.org/fhir/R4"
 TOKEN = "static-bearer-token-do-not-leak"
@@ -300,6 +301,55 @@ def test_a_page_simdjson_refuses_is_read_in_full() -> None:
     assert page.body is None
     assert link is None
     assert page == split_page(orjson.loads(body), number=1)
+
+
+def test_a_deferred_page_s_resources_read_one_by_one_equal_the_page_parsed_whole() -> None:
+    # Values whose text simdjson writes anew: floats that are whole, exponents, beyond int64, escapes.
+    tricky = {
+        "resourceType": "ServiceRequest",
+        "id": "sr-tricky",
+        "quantity": [1.0, 1.5, 1e-07, 1e300, -0.0, 0.30000000000000004, 18446744073709551615, -(2**63)],
+        "note": [{"text": 'line\nbreak \u2028 "quoted" back\\slash / \u00e9 \U0001f600 \u0001'}],
+    }
+    entries = [
+        match("sr-1"),
+        {"resource": tricky, "search": {"mode": "match"}},
+        match("pr-1", resource_type="Practitioner", mode="include"),
+        {"resource": {"resourceType": "OperationOutcome", "issue": []}, "search": {"mode": "outcome"}},
+        {"fullUrl": f"{BASE}/ServiceRequest/no-resource", "search": {"mode": "match"}},
+        {"resource": "not an object", "search": {"mode": "include"}},
+        match("sr-3", mode=None),
+    ]
+    body = orjson.dumps(bundle(entries))
+    whole = entries_of(body, number=2)
+    resources, included = entry_texts(body, number=2)
+    assert isinstance(resources, ResourceTexts)
+    assert len(resources) == 3
+    assert list(resources) == whole.resources
+    assert [type(v) for v in list(resources)[1]["quantity"]] == [type(v) for v in tricky["quantity"]]
+    assert [canonical_json(r) for r in resources] == [canonical_json(r) for r in whole.resources]
+    assert resources[1] == whole.resources[1]
+    assert resources[1:] == whole.resources[1:]
+    assert included == whole.included
+
+
+def test_a_page_simdjson_refuses_is_split_by_parsing_it_whole() -> None:
+    body = (
+        b'{"resourceType": "Bundle", "total": 123456789012345678901234567890, "entry": ['
+        + orjson.dumps(match("sr-1"))
+        + b"]}"
+    )
+    resources, included = entry_texts(body, number=1)
+    assert resources == entries_of(body, number=1).resources == [match("sr-1")["resource"]]
+    assert included == []
+
+
+def test_a_resource_text_orjson_refuses_fails_its_page_as_transient_when_read() -> None:
+    resources = ResourceTexts([orjson.dumps(match("sr-1")["resource"]), b'{"id": "\\ud800"'], number=7)
+    read = iter(resources)
+    assert next(read)["id"] == "sr-1"
+    with pytest.raises(TransientFhirError, match="search page 7 is not JSON orjson can read"):
+        next(read)
 
 
 # -- retries ---------------------------------------------------------------------------------------------
