@@ -17,6 +17,7 @@ import respx
 from connector import __version__
 from connector.config import EndpointSettings
 from connector.errors import AuthError, FatalFhirError, TransientFhirError
+from connector.fhir import paging
 from connector.fhir.client import FhirClient
 from connector.fhir.page import Page
 from connector.fhir.paging import ResourceTexts, entries_of, entry_texts, read_page, split_page, with_entries
@@ -331,6 +332,19 @@ def test_a_deferred_page_s_resources_read_one_by_one_equal_the_page_parsed_whole
     assert resources[1] == whole.resources[1]
     assert resources[1:] == whole.resources[1:]
     assert included == whole.included
+
+
+def test_a_page_is_read_while_an_object_of_the_thread_s_last_simdjson_document_is_alive() -> None:
+    # Pages share a simdjson parser per thread, which refuses to parse while its last document is in use.
+    first = orjson.dumps(bundle([match("sr-1")]))
+    second = orjson.dumps(bundle([match("sr-2"), match("sr-3")]))
+    held = paging._simdjson_document(first)
+    page, _ = read_page(second, url=BASE, number=2, defer=True)
+    assert page.body == second
+    assert page.counts == (2, 0)
+    resources, _ = entry_texts(second, number=2)
+    assert [r["id"] for r in resources] == ["sr-2", "sr-3"]
+    assert held["entry"][0]["resource"]["id"] == "sr-1"
 
 
 def test_a_page_simdjson_refuses_is_split_by_parsing_it_whole() -> None:
