@@ -440,6 +440,24 @@ def test_write_page_refuses_naive_timestamps(engine: Engine) -> None:
         write_page(engine, page(raw=[row]))
 
 
+def test_timestamps_are_stored_as_utcdatetime_stores_them_and_read_back_as_written(engine: Engine) -> None:
+    # The page write formats SQLite's timestamp text itself; it must be what UTCDateTime's binding stores.
+    eastern = timezone(timedelta(hours=-5))
+    written = datetime(2024, 5, 1, 9, 30, 0, 123456, tzinfo=eastern)
+    write_page(engine, page(raw=[raw_row("r1", 1, when=written)]))
+    with engine.begin() as conn:
+        conn.execute(RAW.insert().values(**raw_row("r2", 1, when=written)))  # SQLAlchemy's own binding
+        stored = dict(
+            conn.execute(sa.text("SELECT resource_id, CAST(last_updated AS TEXT) FROM raw_resource")).all()
+        )
+        read = conn.execute(sa.select(RAW.c.last_updated).where(RAW.c.resource_id == "r1")).scalar_one()
+    assert stored["r1"] == stored["r2"]
+    assert read == written
+    assert read.tzinfo is not None
+    if engine.dialect.name == "sqlite":
+        assert stored["r1"] == "2024-05-01 14:30:00.123456"
+
+
 # --- watermarks -----------------------------------------------------------------------------------
 
 
