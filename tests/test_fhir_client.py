@@ -338,7 +338,7 @@ def test_a_page_is_read_while_an_object_of_the_thread_s_last_simdjson_document_i
     # Pages share a simdjson parser per thread, which refuses to parse while its last document is in use.
     first = orjson.dumps(bundle([match("sr-1")]))
     second = orjson.dumps(bundle([match("sr-2"), match("sr-3")]))
-    held = paging._simdjson_document(first)
+    held = paging._simdjson_bundle(first)
     page, _ = read_page(second, url=BASE, number=2, defer=True)
     assert page.body == second
     assert page.counts == (2, 0)

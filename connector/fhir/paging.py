@@ -104,8 +104,8 @@ def read_page(body: bytes, *, url: httpx.URL | str, number: int, defer: bool) ->
     parsed in full instead, with the same errors as without `defer`.
     """
     if defer:
-        document = _simdjson_document(body)
-        if isinstance(document, simdjson.Object) and document.get("resourceType") == "Bundle":
+        document = _simdjson_bundle(body)
+        if document is not None:
             counts = [0, 0, 0]
             for entry in _entries(document):
                 kind = _entry_kind(entry)
@@ -132,27 +132,32 @@ _parsers = threading.local()
 KEPT_PARSER_MAX_BYTES = 16 << 20
 
 
-def _simdjson_document(body: bytes) -> Any:
-    """`body` parsed by this thread's simdjson parser; None for a body simdjson does not take.
+def _simdjson_bundle(body: bytes) -> Any:
+    """`body` as simdjson's Bundle object (this thread's parser); None unless simdjson takes it as one.
 
     A parser refuses to parse again while objects of its last document are alive (a caller still holds
     one): a new parser takes the page then.
     """
-    if len(body) <= KEPT_PARSER_MAX_BYTES:
-        parser = getattr(_parsers, "parser", None)
-        if parser is None:
-            parser = _parsers.parser = simdjson.Parser()
+    parser = _kept_parser() if len(body) <= KEPT_PARSER_MAX_BYTES else simdjson.Parser()
+    try:
         try:
-            return parser.parse(body)
+            document = parser.parse(body)
         except RuntimeError as exc:
             if not str(exc).startswith("Tried to re-use a parser"):
-                return None
-        except ValueError:
-            return None
-    try:
-        return simdjson.Parser().parse(body)
+                raise
+            document = simdjson.Parser().parse(body)
     except (ValueError, RuntimeError):
         return None
+    if isinstance(document, simdjson.Object) and document.get("resourceType") == "Bundle":
+        return document
+    return None
+
+
+def _kept_parser() -> Any:
+    parser = getattr(_parsers, "parser", None)
+    if parser is None:
+        parser = _parsers.parser = simdjson.Parser()
+    return parser
 
 
 def with_entries(page: Page) -> Page:
@@ -162,13 +167,7 @@ def with_entries(page: Page) -> Page:
 
 def entries_of(body: bytes, *, number: int) -> Page:
     """The page `read_page` left unparsed, parsed (in a mapping worker, or by `with_entries`)."""
-    try:
-        bundle = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        # simdjson took the page (it checks every page it defers); orjson refusing it too is a server's
-        # fault a refetch may cure, as for any broken page.
-        raise TransientFhirError(f"search page {number} is not JSON orjson can read") from None
-    return split_page(bundle, number=number)
+    return split_page(_loads_entry(body, number), number=number)
 
 
 class ResourceTexts(Sequence[Any]):
@@ -205,10 +204,12 @@ class ResourceTexts(Sequence[Any]):
 
 
 def _loads_entry(text: bytes, number: int) -> Any:
+    """JSON of page `number` (the page, or one resource of it), parsed by orjson."""
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
-        # As `entries_of` says of a page orjson refuses: a server's fault a refetch may cure.
+        # simdjson took the page (it checks every page it defers); orjson refusing it too is a server's
+        # fault a refetch may cure, as for any broken page.
         raise TransientFhirError(f"search page {number} is not JSON orjson can read") from None
 
 
@@ -218,16 +219,16 @@ def entry_texts(body: bytes, *, number: int) -> tuple[Sequence[Any], list[Any]]:
     simdjson splits the page (it took the page once already, in `read_page`); each resource is then parsed
     on its own. A page simdjson does not take is parsed whole instead, as `entries_of` does.
     """
-    document = _simdjson_document(body)
-    if not isinstance(document, simdjson.Object) or document.get("resourceType") != "Bundle":
+    document = _simdjson_bundle(body)
+    if document is None:
         page = entries_of(body, number=number)
         return page.resources, page.included
-    texts: tuple[list[bytes], list[bytes], list[bytes]] = ([], [], [])
+    texts: tuple[list[bytes], list[bytes]] = ([], [])  # matches, includes: outcomes have nothing to load
     for entry in _entries(document):
         kind = _entry_kind(entry)
-        if kind is not None:
+        if kind is not None and kind < len(texts):
             texts[kind].append(entry["resource"].mini)
-    matches, included, _outcomes = texts
+    matches, included = texts
     return ResourceTexts(matches, number=number), [_loads_entry(text, number) for text in included]
 
 
