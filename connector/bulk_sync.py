@@ -31,11 +31,12 @@ from connector.fhir.bulk import (
     BulkExportError,
     BulkExportGone,
     BulkStatus,
-    BulkUrlRefused,
+    BulkTypeRefused,
     ExportFile,
     Manifest,
     bulk_pages,
 )
+from connector.fhir.capabilities import resource_types as resource_types_offered
 from connector.fhir.capabilities import supports_bulk_export
 from connector.fhir.client import FhirClient
 from connector.fhir.http import outcome_text, url_path
@@ -73,6 +74,27 @@ def should_use_bulk(
     )
 
 
+#: Answers to a type-level search that mean the server has no search for it (only $export).
+SEARCH_UNAVAILABLE = frozenset({404, 405, 501})
+
+
+def search_falls_back_to_bulk(
+    endpoint: EndpointSettings, capability: dict[str, Any] | None, http_status: int | None
+) -> bool:
+    """Whether a stream whose search failed with `http_status` is loaded by Bulk $export instead.
+
+    With `bulk = "auto"`, a server that offers `$export` at the configured level but answers every search
+    404 (a Bulk-only server advertising search) still gets synced.
+    """
+    return (
+        endpoint.is_server
+        and endpoint.bulk == "auto"
+        and http_status in SEARCH_UNAVAILABLE
+        and capability is not None
+        and supports_bulk_export(capability, endpoint.bulk_level)
+    )
+
+
 async def run_bulk_backfill(
     settings: Settings,
     endpoint: EndpointSettings,
@@ -81,6 +103,7 @@ async def run_bulk_backfill(
     resource_types: Sequence[str],
     run_id: str,
     synced_at: datetime,
+    capability: dict[str, Any] | None = None,
     transport: Any = None,
     sleep: Callable[[float], Any] = asyncio.sleep,
     now: Callable[[], datetime] | None = None,
@@ -91,7 +114,12 @@ async def run_bulk_backfill(
 
     A pending export of the endpoint is resumed instead of kicking off a new one; it covers the streams it
     was kicked off for (`resource_types` is then only used for streams it does not cover: they are left for
-    the next run). `sleep` and `now` are injectable for tests; `transport` is httpx's.
+    the next run). A new export asks only for the types `capability` (the server's CapabilityStatement)
+    lists, when it lists any; the others, and a type the kick-off is refused for, are `skipped`.
+    A type the export reports failed (an `error` entry naming it, a file that is broken or holds fewer
+    lines than the manifest's `count`) is a failed stream: its watermark stays, and the export is forgotten
+    for it, so the next run exports it again. `sleep` and `now` are injectable for tests; `transport` is
+    httpx's.
     """
     if not endpoint.is_server:
         raise ConfigError(f"endpoint {endpoint.name!r} reads NDJSON files; Bulk $export needs a base_url")
@@ -99,7 +127,7 @@ async def run_bulk_backfill(
     async with FhirClient(endpoint, transport=transport, sleep=sleep) as fhir:
         export = BulkExport(fhir, sleep=sleep, now=clock, on_status=on_status)
         job = _Job(settings, endpoint, engine, export, run_id, synced_at)
-        return await job.run(list(dict.fromkeys(resource_types)), clock)
+        return await job.run(list(dict.fromkeys(resource_types)), clock, capability)
 
 
 class _Job:
@@ -120,7 +148,20 @@ class _Job:
         self.synced_at = synced_at
         self.name = endpoint.name
 
-    async def run(self, requested: list[str], clock: Callable[[], datetime]) -> list[StreamResult]:
+    async def run(
+        self, requested: list[str], clock: Callable[[], datetime], capability: dict[str, Any] | None
+    ) -> list[StreamResult]:
+        skipped: list[StreamResult] = []
+        results = await self._export(requested, clock, capability, skipped)
+        return results + skipped
+
+    async def _export(
+        self,
+        requested: list[str],
+        clock: Callable[[], datetime],
+        capability: dict[str, Any] | None,
+        skipped: list[StreamResult],
+    ) -> list[StreamResult]:
         pending = await asyncio.to_thread(bulk_state.pending_export, self.engine, self.name)
         if pending is not None:
             status_url, started_at, types = (
@@ -137,11 +178,27 @@ class _Job:
                 f"; {len(left)} other stream(s) wait for the next run" if left else "",
             )
         else:
-            types = requested
+            offered = resource_types_offered(capability or {})
+            types = [t for t in requested if not offered or t in offered]
+            for rt in requested:
+                if rt not in types:
+                    why = "the server's CapabilityStatement does not list it"
+                    skipped.append(await self._skipped(rt, why))
+            if not types:
+                return []
             try:
                 since = await asyncio.to_thread(self._since, types)
                 started_at = clock()
-                status_url = await self.export.kick_off(types, since)
+                while True:
+                    try:
+                        status_url = await self.export.kick_off(types, since)
+                        break
+                    except BulkTypeRefused as exc:
+                        # One type the server will not export must not hold back the others.
+                        types.remove(exc.resource_type)
+                        skipped.append(await self._skipped(exc.resource_type, str(exc)))
+                        if not types:
+                            return []
             except FhirError as exc:
                 return await self._failed(types, exc)
             # Stored before anything else can fail: a crash from here on resumes this export.
@@ -162,10 +219,7 @@ class _Job:
             return await self._failed(types, exc, transient=True)
         except TransientFhirError as exc:
             return await self._failed(types, exc)  # kept: the next run polls the same export
-        except BulkUrlRefused as exc:
-            # Kept: the export resumes once bulk_allowed_hosts names the storage host (if it should).
-            return await self._failed(types, exc)
-        except BulkExportError as exc:  # failed on the server, or past its deadline
+        except BulkExportError as exc:  # failed on the server, past its deadline, or a file URL refused
             await self.export.cancel(status_url)
             await asyncio.to_thread(bulk_state.clear_export, self.engine, self.name, status_url)
             return await self._failed(types, exc)
@@ -197,7 +251,7 @@ class _Job:
 
         try:
             await self._apply_deleted(status_url, manifest, types, done_any)
-            await self._record_errors(status_url, manifest, types, done_any)
+            reported = await self._record_errors(status_url, manifest, types, done_any)
         except (ConnectorError, OSError) as exc:
             return await self._failed(types, exc, transient=_transient(exc))
 
@@ -211,7 +265,7 @@ class _Job:
                         continue
                     group.create_task(self._load_file(semaphore, status_url, manifest, rt, file, per_type))
 
-        results = [_combine(self.name, rt, per_type[rt]) for rt in types]
+        results = [_combine(self.name, rt, per_type[rt], reported.get(rt)) for rt in types]
         if self.export.files_gone:
             # The server dropped the files: this export cannot be finished, the next run starts a new one.
             log.error("%s: export files are gone (404/410); the next run kicks off a new export", self.name)
@@ -233,8 +287,16 @@ class _Job:
                     manifest.transaction_at,
                 )
                 result.watermark = manifest.transaction_time
-                if not per_type[rt]:
-                    await asyncio.to_thread(self._record_run, result)
+            elif not result.transient:
+                # The server reported the type failed, or a file of it is broken: this export will never
+                # hold it whole. Its watermark stays, and the next run exports it again.
+                await asyncio.to_thread(bulk_state.forget_streams, self.engine, self.name, status_url, [rt])
+            if not per_type[rt]:
+                await asyncio.to_thread(self._record_run, result)
+            elif rt in reported:
+                # Its files have rows of their own; this one says why the stream failed.
+                failure = StreamResult(self.name, rt, "bulk", status="failed", error=result.error)
+                await asyncio.to_thread(self._record_run, failure)
         remaining = await asyncio.to_thread(bulk_state.remaining_streams, self.engine, self.name, status_url)
         if not remaining:
             await self.export.cancel(status_url)
@@ -288,6 +350,9 @@ class _Job:
             resource_type,
             page_size=self.endpoint.page_size,
             requires_token=requires_token,
+            # The count of an error or deleted entry is not that of its lines (one outcome may stand for
+            # a whole file that failed).
+            check_count=False,
         )
         async with aclosing(pages) as source:
             async for page in source:
@@ -326,25 +391,39 @@ class _Job:
 
     async def _record_errors(
         self, status_url: str, manifest: Manifest, types: list[str], done: frozenset[str]
-    ) -> None:
-        """The error files' OperationOutcomes become dead letters (resource type OperationOutcome)."""
+    ) -> dict[str, str]:
+        """The error files' OperationOutcomes become dead letters (resource type OperationOutcome); returns
+        the streams they report failed, with the reason.
+
+        An error that names no type at all fails every stream of the export: nothing tells which one is
+        incomplete, and a stream taken for complete would never be fetched again. The streams reported
+        failed are forgotten by the export before its error files are marked done, so a resumed run
+        cannot take them for done either.
+        """
+        reported: dict[str, str] = {}
         for file in manifest.error:
             if file.key in done:
                 continue
             outcomes = await self._download_resources(
                 [file], "OperationOutcome", manifest.requires_access_token
             )
-            rejects = [
-                Reject(
-                    self.name,
-                    "OperationOutcome",
-                    outcome.get("id") if isinstance(outcome.get("id"), str) else None,
-                    "bulk export error: "
-                    + (outcome_text(orjson.dumps(outcome)) or "OperationOutcome without text"),
-                    outcome,
+            rejects = []
+            for outcome in outcomes:
+                text = outcome_text(orjson.dumps(outcome)) or "OperationOutcome without text"
+                rejects.append(
+                    Reject(
+                        self.name,
+                        "OperationOutcome",
+                        outcome.get("id") if isinstance(outcome.get("id"), str) else None,
+                        "bulk export error: " + text,
+                        outcome,
+                    )
                 )
-                for outcome in outcomes
-            ]
+                for rt in failed_types(outcome, url_path(file.url), types):
+                    reported.setdefault(rt, f"the server reported its export failed: {text}"[:500])
+            failed = sorted(reported)
+            if failed:
+                await asyncio.to_thread(bulk_state.forget_streams, self.engine, self.name, status_url, failed)
             if rejects:
                 await asyncio.to_thread(
                     write_page,
@@ -356,6 +435,15 @@ class _Job:
             await asyncio.to_thread(
                 bulk_state.mark_files_done, self.engine, self.name, status_url, types, [file.key]
             )
+        if reported:
+            log.error("%s: the export reported failed: %s", self.name, ", ".join(sorted(reported)))
+        return reported
+
+    async def _skipped(self, resource_type: str, why: str) -> StreamResult:
+        log.warning("%s/%s: not exported: %s", self.name, resource_type, why)
+        result = StreamResult(self.name, resource_type, "bulk", status="skipped", error=_one_line_text(why))
+        await asyncio.to_thread(self._record_run, result)
+        return result
 
     async def _failed(
         self, types: Sequence[str], exc: BaseException, *, transient: bool | None = None
@@ -384,8 +472,11 @@ class _Job:
         )
 
 
-def _combine(endpoint: str, resource_type: str, parts: list[StreamResult]) -> StreamResult:
-    """The results of a stream's files as one result."""
+def _combine(
+    endpoint: str, resource_type: str, parts: list[StreamResult], reported: str | None = None
+) -> StreamResult:
+    """The results of a stream's files as one result; `reported` is the failure the export's error files
+    report for the stream, if any."""
     result = StreamResult(endpoint, resource_type, "bulk", status="succeeded")
     for part in parts:
         result.fetched += part.fetched
@@ -401,7 +492,41 @@ def _combine(endpoint: str, resource_type: str, parts: list[StreamResult]) -> St
         if len(failed) > 1:
             result.error = f"{len(failed)} of {len(parts)} files failed; first: {failed[0].error}"
         result.transient = all(p.transient for p in failed)
+    if reported is not None:
+        result.status = "failed"
+        result.error = reported
+        result.transient = False
     return result
+
+
+#: Severities of an OperationOutcome issue that mean something was not exported.
+_FAILING_SEVERITIES = frozenset({"fatal", "error"})
+#: A resource type named as a reference (`Claim/77`) or a file name (`2.Claim.ndjson`).
+_NAMED_TYPE = re.compile(r"\b([A-Z][A-Za-z]{1,63})(?:/[A-Za-z0-9\-.]{1,64}|\.ndjson)")
+
+
+def failed_types(outcome: dict[str, Any], file_path: str, types: Sequence[str]) -> list[str]:
+    """The streams of `types` an error file's OperationOutcome reports failed.
+
+    An outcome whose issues are all warnings or information fails nothing. Otherwise the streams it names
+    (in its texts, expressions and locations, or the error file's name), or, when it names no resource
+    type at all, every stream: an error that cannot be placed must not let a stream pass as complete.
+    Naming only types not asked for (`Claim/77` in an export of Coverage) fails nothing.
+    """
+    issues = [i for i in outcome.get("issue") or [] if isinstance(i, dict)]
+    if issues and not any(i.get("severity", "error") in _FAILING_SEVERITIES for i in issues):
+        return []
+    texts = [file_path]
+    for issue in issues:
+        details = issue.get("details") if isinstance(issue.get("details"), dict) else {}
+        texts += [issue.get("diagnostics"), details.get("text")]
+        texts += [c.get("code") for c in details.get("coding") or [] if isinstance(c, dict)]
+        texts += list(issue.get("expression") or []) + list(issue.get("location") or [])
+    text = " ".join(t for t in texts if isinstance(t, str))
+    named = [t for t in types if re.search(rf"\b{t}\b", text)]
+    if named:
+        return named
+    return [] if _NAMED_TYPE.search(text) else list(types)
 
 
 def _bundle_time(bundle: dict[str, Any]) -> datetime | None:
@@ -421,5 +546,8 @@ def _transient(exc: BaseException) -> bool:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:500]
+    return _one_line_text(str(exc)) or type(exc).__name__
+
+
+def _one_line_text(text: str) -> str:
+    return " ".join(text.split())[:500]

@@ -52,6 +52,11 @@ class AuthError(FatalFhirError):
     """Authentication or authorization failed (token endpoint refused, 401 after a refresh, 403)."""
 
 
+class SourceFileError(ConnectorError):
+    """An NDJSON file (a folder's, or a downloaded export file) cannot be read to its end: a truncated
+    gzip stream, corrupt compression. The message names the file, never its content."""
+
+
 class MappingError(ConnectorError):
     """A resource failed validation or mapping; the message is one line and holds no resource values."""
 

@@ -24,7 +24,7 @@ import orjson
 from sqlalchemy.engine import Engine
 
 from connector.config import EndpointSettings
-from connector.errors import ConnectorError, MappingError, TransientFhirError, WarehouseError
+from connector.errors import ConnectorError, FhirError, MappingError, TransientFhirError, WarehouseError
 from connector.fhir.ndjson import NdjsonPage
 from connector.fhir.page import Page
 from connector.fhir.paging import with_entries
@@ -59,6 +59,8 @@ class StreamResult:
     seconds: float = 0.0
     #: Whether the failure may pass on a retry (a timeout, a 5xx, the database briefly away).
     transient: bool = False
+    #: The HTTP status of the server answer the stream failed on, if it failed on one.
+    http_status: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -446,6 +448,7 @@ async def run_stream(
     except (ConnectorError, OSError) as exc:
         result.status = "failed"
         result.error = _one_line(exc)
+        result.http_status = exc.status if isinstance(exc, FhirError) else None
         result.transient = isinstance(exc, TransientFhirError) or (
             isinstance(exc, WarehouseError) and exc.transient
         )

@@ -27,7 +27,7 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from sqlalchemy.engine import Engine
 
-from connector.bulk_sync import run_bulk_backfill, should_use_bulk
+from connector.bulk_sync import run_bulk_backfill, search_falls_back_to_bulk, should_use_bulk
 from connector.config import DIRECTORY_RESOURCES, EndpointSettings, Settings, load_settings
 from connector.errors import ConnectorError, TransientFhirError, WarehouseError
 from connector.fhir.client import FhirClient
@@ -203,7 +203,12 @@ async def push_back(run: EndpointRun) -> dict[str, Any]:
 
 @task(name="bulk-export", cache_policy=NO_CACHE)
 async def bulk_backfill(
-    config_path: str, endpoint_name: str, resource_types: list[str], run_id: str, synced_at: datetime
+    config_path: str,
+    endpoint_name: str,
+    resource_types: list[str],
+    run_id: str,
+    synced_at: datetime,
+    capability: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Load the streams' first (or resumed) backfill through Bulk $export; one result per stream."""
     settings = load_settings(config_path)
@@ -211,11 +216,47 @@ async def bulk_backfill(
     engine = make_engine(settings.warehouse.url)
     try:
         results = await run_bulk_backfill(
-            settings, endpoint, engine, resource_types=resource_types, run_id=run_id, synced_at=synced_at
+            settings,
+            endpoint,
+            engine,
+            resource_types=resource_types,
+            run_id=run_id,
+            synced_at=synced_at,
+            capability=capability,
         )
     finally:
         engine.dispose()
     return [r.as_dict() for r in results]
+
+
+async def _bulk_round(
+    config_path: str,
+    endpoint_name: str,
+    resource_types: list[str],
+    run_id: str,
+    synced_at: datetime,
+    capability: dict[str, Any] | None,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Run the bulk-export task for these streams: their results, and the failure reasons among them.
+
+    A stream the export skipped (the server does not offer its type) is not a failure.
+    """
+    types = list(resource_types)
+    if "ServiceRequest" in types:
+        # $export has no _include: export the referral sources alongside the referrals.
+        types += [t for t in DIRECTORY_RESOURCES if t not in types]
+    task_state = await bulk_backfill(
+        config_path, endpoint_name, types, run_id, synced_at, capability, return_state=True
+    )
+    if not task_state.is_completed():
+        return [], [f"bulk export: {await task_state.aresult(raise_on_failure=False)}"]
+    results: list[dict[str, Any]] = await task_state.aresult()
+    failures = [
+        f"{r['resource_type']} (bulk): {r['error']}"
+        for r in results
+        if r["status"] not in ("succeeded", "skipped")
+    ]
+    return results, failures
 
 
 @flow(name="sync-endpoint", flow_run_name="sync-{endpoint_name}", validate_parameters=True)
@@ -294,32 +335,28 @@ async def sync_endpoint(
                 else:
                     jobs.append(base)
             if bulk_types:
-                if "ServiceRequest" in bulk_types:
-                    # $export has no _include: export the referral sources alongside the referrals.
-                    bulk_types += [t for t in DIRECTORY_RESOURCES if t not in bulk_types]
-                bulk_state_ = await bulk_backfill(
-                    config_path, endpoint.name, bulk_types, run_id, synced_at, return_state=True
+                done_bulk, failed_bulk = await _bulk_round(
+                    config_path, endpoint.name, bulk_types, run_id, synced_at, capability
                 )
-                if bulk_state_.is_completed():
-                    for done in await bulk_state_.aresult():
-                        results.append(done)
-                        if done["status"] != "succeeded":
-                            failures.append(f"{done['resource_type']} (bulk): {done['error']}")
-                else:
-                    failures.append(f"bulk export: {await bulk_state_.aresult(raise_on_failure=False)}")
+                results += done_bulk
+                failures += failed_bulk
             states = await _run_jobs(jobs, endpoint.name, settings)
-            outcomes: list[tuple[StreamJob, dict[str, Any] | None]] = []
-            for job, task_state in zip(jobs, states, strict=True):
-                if task_state.is_completed():
-                    done: dict[str, Any] = await task_state.aresult()
-                    results.append(done)
-                    outcomes.append((job, done))
-                else:
-                    exc = await task_state.aresult(raise_on_failure=False)
-                    if isinstance(exc, StreamFailed):
-                        results.append(exc.result.as_dict())
-                    failures.append(f"{job.label}: {exc}")
-                    outcomes.append((job, None))
+            outcomes, fallback = await _collect(jobs, states, endpoint, capability, results, failures)
+            if fallback:
+                logger.warning("search not available for %s: Bulk $export instead", ", ".join(fallback))
+                for resource_type in fallback:
+                    state.replace_failed_runs(
+                        engine,
+                        run_id,
+                        endpoint.name,
+                        resource_type,
+                        "search not available: Bulk $export instead",
+                    )
+                done_bulk, failed_bulk = await _bulk_round(
+                    config_path, endpoint.name, fallback, run_id, synced_at, capability
+                )
+                results += done_bulk
+                failures += failed_bulk
             _advance_window_watermarks(engine, outcomes)
             if client is not None:
                 failures.extend(await _sweep_deletions(client, engine, endpoint.name, sweeps))
@@ -355,6 +392,36 @@ async def _sweep_deletions(
         except ConnectorError as exc:
             failures.append(f"{resource_type} deletions: {exc}")
     return failures
+
+
+async def _collect(
+    jobs: list[StreamJob],
+    states: list[Any],
+    endpoint: EndpointSettings,
+    capability: dict[str, Any] | None,
+    results: list[dict[str, Any]],
+    failures: list[str],
+) -> tuple[list[tuple[StreamJob, dict[str, Any] | None]], list[str]]:
+    """Add the stream tasks' results and failures; returns each job with its result (None when it
+    failed), and the streams whose search the server does not offer, to load by Bulk $export instead."""
+    outcomes: list[tuple[StreamJob, dict[str, Any] | None]] = []
+    fallback: list[str] = []
+    for job, task_state in zip(jobs, states, strict=True):
+        if task_state.is_completed():
+            done: dict[str, Any] = await task_state.aresult()
+            results.append(done)
+            outcomes.append((job, done))
+            continue
+        exc = await task_state.aresult(raise_on_failure=False)
+        outcomes.append((job, None))
+        if not isinstance(exc, StreamFailed):
+            failures.append(f"{job.label}: {exc}")
+        elif job.window is None and search_falls_back_to_bulk(endpoint, capability, exc.result.http_status):
+            fallback.append(job.plan.resource_type)
+        else:
+            results.append(exc.result.as_dict())
+            failures.append(f"{job.label}: {exc}")
+    return outcomes, fallback
 
 
 def _with_window(base: StreamJob, window: Window) -> StreamJob:

@@ -414,7 +414,9 @@ def test_an_expired_export_is_forgotten_so_the_next_run_starts_a_new_one(engine:
 # -- SSRF --------------------------------------------------------------------------------------------------
 
 
-def test_output_on_another_host_is_refused_and_nothing_is_downloaded(engine: Engine) -> None:
+def test_output_on_another_host_is_refused_nothing_is_downloaded_and_the_export_is_deleted(
+    engine: Engine,
+) -> None:
     with respx.mock(assert_all_called=True) as mock:
         mock.get(f"{BASE}/$export").respond(202, headers={"Content-Location": STATUS})
         mock.get(STATUS).respond(
@@ -423,14 +425,17 @@ def test_output_on_another_host_is_refused_and_nothing_is_downloaded(engine: Eng
                 [("Coverage", f"{FILES}/cov.ndjson"), ("Coverage", "https://attacker.test/steal.ndjson")]
             ),
         )
+        delete = mock.delete(STATUS).respond(202)
         [result] = run(engine, endpoint(), types=("Coverage",))
-    # Neither file was requested (the router has no route for them), no DELETE was sent.
+    # Neither file was requested (the router has no route for them).
     assert result.status == "failed"
     assert "attacker.test" in (result.error or "")
     assert "bulk_allowed_hosts" in (result.error or "")
     assert count(engine, "raw_resource") == 0
-    # Kept: once the host is allowed (if it should be), the next run resumes this export.
-    assert bulk_state.pending_export(engine, "clinic") is not None
+    # Not left running on the server: deleted once, and forgotten (the next run kicks off a new export).
+    assert delete.call_count == 1
+    assert bulk_state.pending_export(engine, "clinic") is None
+    assert state_row(engine, "Coverage")["watermark"] is None
 
 
 def test_allowed_storage_host_is_downloaded_without_credentials(engine: Engine) -> None:

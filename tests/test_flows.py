@@ -423,6 +423,10 @@ def test_first_sync_of_a_bulk_server_uses_export_then_searches_incrementally(
     capability["rest"][0]["operation"] = [
         {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}
     ]
+    # The kick-off asks only for types the CapabilityStatement lists.
+    capability["rest"][0]["resource"] += [
+        {"type": t} for t in ("Practitioner", "PractitionerRole", "Organization")
+    ]
     manifest = {
         "transactionTime": "2026-11-20T10:00:00.000Z",
         "request": f"{base}/$export",
@@ -459,6 +463,155 @@ def test_first_sync_of_a_bulk_server_uses_export_then_searches_incrementally(
     finally:
         engine.dispose()
     assert search.calls.last.request.url.params["_lastUpdated"].startswith("gt2026-11-20T09:59:00")
+
+
+def _bulk_capability(*types: str) -> dict[str, Any]:
+    capability = capability_statement()
+    capability["rest"][0]["operation"] = [
+        {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}
+    ]
+    capability["rest"][0]["resource"] += [{"type": t} for t in types]
+    return capability
+
+
+def test_an_export_that_reports_a_failed_type_fails_the_run_naming_it_and_the_next_run_loads_it(
+    prefect_harness: None, tmp_path: Path, sqlite_url: str
+) -> None:
+    from flows.sync import sync_all
+
+    base = "https://bulk.test/fhir"
+    config = tmp_path / "connector.toml"
+    config.write_text(
+        f'[warehouse]\nurl = "{sqlite_url}"\n[[endpoints]]\nname = "vendor"\nbase_url = "{base}"\n'
+        'resources = ["ServiceRequest", "Coverage"]\n'
+    )
+    capability = _bulk_capability("Coverage")
+    failure = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {"severity": "error", "code": "processing", "diagnostics": "Failed to export 2.Coverage.ndjson"}
+        ],
+    }
+    coverage = {
+        "resourceType": "Coverage",
+        "id": "cov1",
+        "meta": {"lastUpdated": "2026-11-19T10:00:00Z"},
+        "status": "active",
+        "beneficiary": {"reference": "Patient/p1"},
+        "payor": [{"reference": "Organization/payer"}],
+    }
+    lines = b"".join(orjson.dumps(referral(n)) + b"\n" for n in (1, 2))
+
+    def manifest(tx: str, output: list[tuple[str, str]], error: list[str]) -> dict[str, Any]:
+        return {
+            "transactionTime": tx,
+            "request": f"{base}/$export",
+            "requiresAccessToken": True,
+            "output": [{"type": t, "url": f"{base}/files/{name}"} for t, name in output],
+            "error": [{"type": "OperationOutcome", "url": f"{base}/files/{name}"} for name in error],
+        }
+
+    with respx.mock(assert_all_called=True) as mock:
+        mock.route(host="127.0.0.1").pass_through()
+        mock.get(f"{base}/metadata").respond(json=capability)
+        mock.get(f"{base}/$export").respond(202, headers={"Content-Location": f"{base}/jobs/1"})
+        mock.get(f"{base}/jobs/1").respond(
+            200,
+            json=manifest(
+                "2026-11-20T10:00:00.000Z", [("ServiceRequest", "sr.ndjson")], ["2.Coverage.ndjson"]
+            ),
+        )
+        mock.get(f"{base}/files/sr.ndjson").respond(200, content=lines)
+        mock.get(f"{base}/files/2.Coverage.ndjson").respond(200, content=orjson.dumps(failure))
+        mock.delete(f"{base}/jobs/1").respond(202)
+        first = asyncio.run(sync_all(str(config), run_id="bulk-1", return_state=True))
+    assert first.is_failed()
+    reason = str(first.result(raise_on_failure=False))
+    assert "Coverage (bulk)" in reason
+    assert "Failed to export 2.Coverage.ndjson" in reason
+    assert "ServiceRequest (bulk)" not in reason
+
+    with respx.mock(assert_all_called=True) as mock:
+        mock.route(host="127.0.0.1").pass_through()
+        mock.get(f"{base}/metadata").respond(json=capability)
+        search = mock.get(f"{base}/ServiceRequest").respond(
+            json={"resourceType": "Bundle", "type": "searchset", "entry": []}
+        )
+        kickoff = mock.get(f"{base}/$export").respond(202, headers={"Content-Location": f"{base}/jobs/2"})
+        mock.get(f"{base}/jobs/2").respond(
+            200, json=manifest("2026-11-21T10:00:00.000Z", [("Coverage", "cov.ndjson")], [])
+        )
+        mock.get(f"{base}/files/cov.ndjson").respond(200, content=orjson.dumps(coverage))
+        mock.delete(f"{base}/jobs/2").respond(202)
+        second = asyncio.run(sync_all(str(config), run_id="bulk-2", return_state=True))
+    assert second.is_completed()
+    # Only the failed type is exported again; the healthy one searches on from its watermark.
+    assert kickoff.calls.last.request.url.params["_type"] == "Coverage"
+    assert search.calls.last.request.url.params["_lastUpdated"].startswith("gt2026-11-20T09:59:00")
+    engine = make_engine(sqlite_url)
+    try:
+        assert state.get_watermark(engine, "vendor", "Coverage")[0] == "2026-11-21T10:00:00.000Z"
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("select count(*) from eligibility")).scalar_one() == 1
+    finally:
+        engine.dispose()
+
+
+def test_a_bulk_server_that_answers_404_to_searches_is_synced_by_export(
+    prefect_harness: None, tmp_path: Path, sqlite_url: str
+) -> None:
+    from flows.sync import sync_all
+
+    base = "https://bulkonly.test/fhir"
+    config = tmp_path / "connector.toml"
+    config.write_text(
+        f'[warehouse]\nurl = "{sqlite_url}"\n[[endpoints]]\nname = "bulkonly"\nbase_url = "{base}"\n'
+        'resources = ["ServiceRequest"]\n[endpoints.retry]\nmax_attempts = 1\n'
+    )
+    engine = make_engine(sqlite_url)
+    try:
+        from connector.warehouse.engine import ensure_schema
+        from connector.warehouse.writer import PageWrite, write_page
+
+        ensure_schema(engine)
+        # An earlier export left a watermark: this run is incremental, by search, which the server lacks.
+        for rt in ("ServiceRequest", "Practitioner", "PractitionerRole", "Organization"):
+            write_page(engine, PageWrite("bulkonly", rt, watermark="2026-11-20T10:00:00.000Z", mode="bulk"))
+    finally:
+        engine.dispose()
+    manifest = {
+        "transactionTime": "2026-11-22T10:00:00.000Z",
+        "request": f"{base}/$export",
+        "requiresAccessToken": True,
+        "output": [{"type": "ServiceRequest", "url": f"{base}/files/sr.ndjson"}],
+        "error": [],
+    }
+    with respx.mock(assert_all_called=True) as mock:
+        mock.route(host="127.0.0.1").pass_through()
+        mock.get(f"{base}/metadata").respond(
+            json=_bulk_capability("Practitioner", "PractitionerRole", "Organization")
+        )
+        search = mock.get(f"{base}/ServiceRequest").respond(404)
+        kickoff = mock.get(f"{base}/$export").respond(202, headers={"Content-Location": f"{base}/jobs/9"})
+        mock.get(f"{base}/jobs/9").respond(200, json=manifest)
+        mock.get(f"{base}/files/sr.ndjson").respond(200, content=orjson.dumps(referral(4)))
+        mock.delete(f"{base}/jobs/9").respond(202)
+        outcome = asyncio.run(sync_all(str(config), run_id="fallback-1", return_state=True))
+    assert outcome.is_completed(), outcome.result(raise_on_failure=False)
+    assert search.call_count == 1
+    assert kickoff.calls.last.request.url.params["_since"] == "2026-11-20T09:59:00.000Z"
+    referrals, _, _ = warehouse_snapshot(sqlite_url)
+    assert [r[0] for r in referrals] == ["sr4"]
+    engine = make_engine(sqlite_url)
+    try:
+        assert state.get_watermark(engine, "bulkonly", "ServiceRequest")[0] == "2026-11-22T10:00:00.000Z"
+        runs = {(r["resource_type"], r["status"]) for r in state.runs_for(engine, "fallback-1")}
+    finally:
+        engine.dispose()
+    # The failed search is recorded as replaced, not failed: the stream was loaded.
+    assert ("ServiceRequest", "replaced") in runs
+    assert ("ServiceRequest", "succeeded") in runs
+    assert not any(status == "failed" for _, status in runs)
 
 
 def test_stream_tasks_carry_the_endpoint_tag_only_when_a_limit_on_it_exists(prefect_harness: None) -> None:

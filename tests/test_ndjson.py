@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from connector.errors import ConfigError
+from connector.errors import ConfigError, SourceFileError
 from connector.fhir.ndjson import NdjsonPage, NdjsonSource
 
 
@@ -70,3 +70,18 @@ def test_empty_stream_yields_one_empty_page(tmp_path: Path) -> None:
 def test_missing_folder_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is not a folder"):
         collect(NdjsonSource(tmp_path / "nope", page_size=10), "Claim")
+
+
+def test_a_truncated_gzip_file_is_an_error_naming_the_file_after_the_lines_before_it(tmp_path: Path) -> None:
+    body = gzip.compress(b"".join(orjson.dumps(sr(n)) + b"\n" for n in range(5000)))
+    (tmp_path / "ServiceRequest.ndjson.gz").write_bytes(body[: len(body) // 2])
+    source = NdjsonSource(tmp_path, page_size=5)
+    seen: list[str] = []
+
+    async def read() -> None:
+        async for page in source.pages("ServiceRequest"):
+            seen.extend(r["id"] for r in page.resources)
+
+    with pytest.raises(SourceFileError, match=r"ServiceRequest\.ndjson\.gz cannot be read past line \d+"):
+        asyncio.run(read())
+    assert 0 < len(seen) < 5000

@@ -33,7 +33,14 @@ from typing import Any
 import httpx
 import orjson
 
-from connector.errors import AuthError, ConfigError, FatalFhirError, FhirError, TransientFhirError
+from connector.errors import (
+    AuthError,
+    ConfigError,
+    FatalFhirError,
+    FhirError,
+    SourceFileError,
+    TransientFhirError,
+)
 from connector.fhir.client import FHIR_JSON, FhirClient
 from connector.fhir.http import (
     RETRYABLE_STATUSES,
@@ -85,6 +92,14 @@ class BulkUrlRefused(BulkExportError):
 
 class BulkExportGone(BulkExportError):
     """The status URL answers 404/410: the export expired or was deleted; a new one must be kicked off."""
+
+
+class BulkTypeRefused(BulkExportError):
+    """The kick-off was refused (400) because of one requested type, which the message names."""
+
+    def __init__(self, message: str, *, resource_type: str, status: int | None, outcome: str | None) -> None:
+        super().__init__(message, status=status, outcome=outcome)
+        self.resource_type = resource_type
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +179,15 @@ def kickoff_params(resource_types: Sequence[str], since: datetime | None) -> lis
     return params
 
 
+def refused_type(exc: FhirError, resource_types: Sequence[str]) -> str | None:
+    """The one requested type a 400 kick-off answer blames, e.g. `The requested resource type
+    "ServiceRequest" is not available on this server`; None when it names none, or several."""
+    if exc.status != 400 or not exc.outcome:
+        return None
+    named = [t for t in resource_types if re.search(rf"\b{t}\b", exc.outcome)]
+    return named[0] if len(named) == 1 else None
+
+
 def parse_instant(text: Any, what: str) -> datetime:
     if not isinstance(text, str):
         raise BulkExportError(f"the export manifest has no {what}")
@@ -199,14 +223,17 @@ def parse_manifest(body: bytes, *, base_url: str) -> Manifest:
     if not isinstance(data, dict):
         raise BulkExportError("the export manifest is not a JSON object")
     requires = data.get("requiresAccessToken")
+    output = _files(data, "output", base_url)
+    # OperationOutcome files listed as output are error reports all the same, not data to load.
+    outcomes = tuple(f for f in output if f.type == "OperationOutcome")
     return Manifest(
         transaction_time=str(data.get("transactionTime")),
         transaction_at=parse_instant(data.get("transactionTime"), "transactionTime"),
         # Absent means we cannot tell: send the token (it only ever goes to the endpoint's own server).
         requires_access_token=requires if isinstance(requires, bool) else True,
-        output=_files(data, "output", base_url),
+        output=tuple(f for f in output if f.type != "OperationOutcome"),
         deleted=_files(data, "deleted", base_url),
-        error=_files(data, "error", base_url),
+        error=_files(data, "error", base_url) + outcomes,
     )
 
 
@@ -256,6 +283,8 @@ class BulkExport:
         self._allowed = {host.lower().rstrip(".") for host in self.endpoint.bulk_allowed_hosts}
         #: Set when a file download answered 404/410: the server dropped the export's files.
         self.files_gone = False
+        #: Status URLs deleted (or found gone) in this run: one DELETE each is enough.
+        self._ended: set[str] = set()
 
     # -- URLs ------------------------------------------------------------------------------------------
 
@@ -287,12 +316,23 @@ class BulkExport:
     async def kick_off(self, resource_types: Sequence[str], since: datetime | None = None) -> str:
         """Start an export; returns the absolute status URL (Content-Location of the 202)."""
         path = export_path(self.endpoint.bulk_level, self.endpoint.bulk_group_id)
-        response = await self.fhir.request(
-            "GET",
-            path,
-            headers={"Accept": FHIR_JSON, "Prefer": "respond-async"},
-            params=kickoff_params(resource_types, since),
-        )
+        try:
+            response = await self.fhir.request(
+                "GET",
+                path,
+                headers={"Accept": FHIR_JSON, "Prefer": "respond-async"},
+                params=kickoff_params(resource_types, since),
+            )
+        except FatalFhirError as exc:
+            named = refused_type(exc, resource_types)
+            if named is None:
+                raise
+            raise BulkTypeRefused(
+                f"the export kick-off was refused because of {named}",
+                resource_type=named,
+                status=exc.status,
+                outcome=exc.outcome,
+            ) from exc
         if response.status_code != 202:
             raise BulkExportError(
                 f"{describe('GET', response.request.url)} answered {response.status_code}, "
@@ -355,7 +395,7 @@ class BulkExport:
                         retry_after=parse_retry_after(response.headers.get("Retry-After")),
                     )
                 else:
-                    self._raise_for_status(response, shown)
+                    self._raise_for_status(response, shown, status_url)
                     raise BulkExportError(f"{shown} answered {status}; expected 202 or 200")
             except TransientFhirError as exc:
                 failures += 1
@@ -374,10 +414,11 @@ class BulkExport:
             )
             await self._sleep(wait)
 
-    def _raise_for_status(self, response: httpx.Response, shown: str) -> None:
+    def _raise_for_status(self, response: httpx.Response, shown: str, status_url: str) -> None:
         status = response.status_code
         outcome = outcome_text(response.content)
         if status in (404, 410):
+            self._ended.add(status_url)  # nothing left to DELETE
             raise BulkExportGone(
                 f"{shown}: the export is gone (expired or deleted)", status=status, outcome=outcome
             )
@@ -404,8 +445,11 @@ class BulkExport:
     async def cancel(self, status_url: str) -> bool:
         """DELETE the export (done, failed or abandoned) so the server can drop its files; never raises.
 
-        Returns whether the server accepted (2xx, or 404/410: already gone).
+        Returns whether the server accepted (2xx, or 404/410: already gone). An export already deleted, or
+        whose status URL answered 404/410, in this run is not sent a second DELETE.
         """
+        if status_url in self._ended:
+            return True
         shown = describe("DELETE", status_url)
         try:
             authenticated = self.vet_url(status_url, what="the export status URL")
@@ -414,6 +458,7 @@ class BulkExport:
             logger.warning("%s: %s", self.endpoint.name, exc)
             return False
         if response.status_code < 300 or response.status_code in (404, 410):
+            self._ended.add(status_url)
             logger.info("%s: export deleted on the server (%d)", self.endpoint.name, response.status_code)
             return True
         logger.warning("%s: %s answered %d", self.endpoint.name, shown, response.status_code)
@@ -485,21 +530,35 @@ async def bulk_pages(
     *,
     page_size: int,
     requires_token: bool,
+    check_count: bool = True,
 ) -> AsyncIterator[NdjsonPage]:
     """The pages of `resource_type` in `files`: each file is downloaded whole, then read `page_size` lines
     at a time by the NDJSON reader (lines that are not JSON become `bad_lines`, i.e. dead letters).
 
-    Meant for `connector.pipeline.run_stream`; close it (`contextlib.aclosing`) to remove the temporary
-    copy early when the consumer stops half-way.
+    A file that cannot be read to its end, or (with `check_count`) whose lines of `resource_type` are not
+    the manifest's `count` of it, raises SourceFileError after its last page: its rows stand, the stream
+    fails. Meant for `connector.pipeline.run_stream`; close it (`contextlib.aclosing`) to remove the
+    temporary copy early when the consumer stops half-way.
     """
     number = 0
     for file in files:
+        lines = 0
         with tempfile.TemporaryDirectory(prefix="connector-bulk-") as tmp:
             await export.download(file, Path(tmp), requires_token=requires_token)
-            async for page in NdjsonSource(Path(tmp), page_size).pages(resource_type):
-                if not page.resources and not page.bad_lines:
-                    continue
-                number += 1
-                yield replace(page, number=number)
+            try:
+                async for page in NdjsonSource(Path(tmp), page_size).pages(resource_type):
+                    if not page.resources and not page.bad_lines:
+                        continue
+                    number += 1
+                    lines += len(page.resources) + len(page.bad_lines)
+                    yield replace(page, number=number)
+            except SourceFileError as exc:
+                raise SourceFileError(f"export file {url_path(file.url)}: {exc}") from None
+        if check_count and file.count is not None and lines != file.count:
+            # Lines of another type, or a file cut short: the type is not all here.
+            raise SourceFileError(
+                f"export file {url_path(file.url)} holds {lines} {resource_type} line(s); "
+                f"the manifest's count is {file.count}"
+            )
     if number == 0:
         yield NdjsonPage([], [], None, 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import IO, Any
 
 import orjson
 
-from connector.errors import ConfigError
+from connector.errors import ConfigError, SourceFileError
 from connector.fhir.page import Page
 
 _SUFFIXES = (".ndjson", ".ndjson.gz")
@@ -35,6 +36,12 @@ class BadLine:
 @dataclass(frozen=True, slots=True)
 class NdjsonPage(Page):
     bad_lines: list[BadLine] = field(default_factory=list)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, EOFError):
+        return "the compressed file ends early (truncated)"
+    return f"corrupt compressed data ({type(exc).__name__})"
 
 
 def _stem(path: Path) -> str:
@@ -74,10 +81,15 @@ class NdjsonSource:
     def _lines(self, path: Path) -> Iterator[tuple[int, bytes]]:
         opener: Any = gzip.open if path.name.endswith(".gz") else open
         stream: IO[bytes]
-        with opener(path, "rb") as stream:
-            for number, line in enumerate(stream, start=1):
-                if line.strip():
-                    yield number, line
+        number = 0
+        try:
+            with opener(path, "rb") as stream:
+                for number, line in enumerate(stream, start=1):
+                    if line.strip():
+                        yield number, line
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            # A truncated or corrupt gzip stream: the lines before it stand, the file is not complete.
+            raise SourceFileError(f"{path.name} cannot be read past line {number}: {_reason(exc)}") from None
 
     def _items(self, resource_type: str) -> Iterator[dict[str, Any] | BadLine]:
         for path in self.files_for(resource_type):

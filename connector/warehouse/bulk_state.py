@@ -185,6 +185,21 @@ def finish_stream(
         )
 
 
+def forget_streams(engine: Engine, endpoint: str, status_url: str, resource_types: Sequence[str]) -> None:
+    """Forget the export for these streams only (it cannot complete them); their watermarks stay, so the
+    next run exports them again, while the other streams of the export go on."""
+    with begin_write(engine) as conn:
+        conn.execute(
+            sa.update(_STATE)
+            .where(
+                _STATE.c.endpoint == endpoint,
+                _STATE.c.bulk_status_url == status_url,
+                _STATE.c.resource_type.in_(list(resource_types)),
+            )
+            .values(**_CLEARED)
+        )
+
+
 def clear_export(engine: Engine, endpoint: str, status_url: str) -> None:
     """Forget an export on every row (it failed, expired or was cancelled); watermarks are left alone."""
     with begin_write(engine) as conn:

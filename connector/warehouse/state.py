@@ -135,6 +135,21 @@ def recent_runs(engine: Engine, limit: int = 20) -> list[dict[str, Any]]:
         return [dict(row._mapping) for row in conn.execute(query)]
 
 
+def replace_failed_runs(engine: Engine, run_id: str, endpoint: str, resource_type: str, note: str) -> None:
+    """Mark a stream's failed rows of a run `replaced`: another way loaded the stream in the same run."""
+    with _run_log("recording a replaced run"), begin_write(engine) as conn:
+        conn.execute(
+            sa.update(_RUN)
+            .where(
+                _RUN.c.run_id == run_id,
+                _RUN.c.endpoint == endpoint,
+                _RUN.c.resource_type == resource_type,
+                _RUN.c.status == "failed",
+            )
+            .values(status="replaced", error=one_line(note))
+        )
+
+
 def runs_for(engine: Engine, run_id: str) -> list[dict[str, Any]]:
     """The sync_run rows of one run (one per stream), in the order the streams started."""
     query = sa.select(_RUN).where(_RUN.c.run_id == run_id).order_by(_RUN.c.id)
