@@ -25,7 +25,14 @@ import orjson
 from sqlalchemy.engine import Engine
 
 from connector.config import EndpointSettings, Settings
-from connector.errors import ConfigError, ConnectorError, FhirError, TransientFhirError, WarehouseError
+from connector.errors import (
+    ConfigError,
+    ConnectorError,
+    FhirError,
+    MappingError,
+    TransientFhirError,
+    WarehouseError,
+)
 from connector.fhir.bulk import (
     BulkExport,
     BulkExportError,
@@ -45,11 +52,9 @@ from connector.pipeline import StreamResult, run_stream
 from connector.streams import Plan
 from connector.warehouse import bulk_state, state
 from connector.warehouse.writer import PageWrite, Reject, write_page
+from mappings.fhir_ids import ID_PATTERN, REFERENCE_TAIL_RE, TYPE_PATTERN
 
 log = logging.getLogger(__name__)
-
-#: `Type/id` (optionally `/_history/n`) at the end of a deleted entry's request.url.
-_DELETED_REF = re.compile(r"(?:^|/)([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?/?$")
 
 
 def should_use_bulk(
@@ -252,7 +257,7 @@ class _Job:
         try:
             await self._apply_deleted(status_url, manifest, types, done_any)
             reported = await self._record_errors(status_url, manifest, types, done_any)
-        except (ConnectorError, OSError) as exc:
+        except (ConnectorError, MappingError, OSError) as exc:
             return await self._failed(types, exc, transient=_transient(exc))
 
         semaphore = asyncio.Semaphore(self.endpoint.bulk_max_parallel_downloads)
@@ -373,7 +378,7 @@ class _Job:
                     request = entry.get("request") if isinstance(entry, dict) else None
                     if not isinstance(request, dict) or str(request.get("method", "")).upper() != "DELETE":
                         continue
-                    match = _DELETED_REF.search(str(request.get("url") or "").split("?")[0])
+                    match = REFERENCE_TAIL_RE.search(str(request.get("url") or "").split("?")[0])
                     if match and match.group(1) in types:
                         keys_at.setdefault(at, set()).add((match.group(1), match.group(2)))
             marked = 0
@@ -502,7 +507,7 @@ def _combine(
 #: Severities of an OperationOutcome issue that mean something was not exported.
 _FAILING_SEVERITIES = frozenset({"fatal", "error"})
 #: A resource type named as a reference (`Claim/77`) or a file name (`2.Claim.ndjson`).
-_NAMED_TYPE = re.compile(r"\b([A-Z][A-Za-z]{1,63})(?:/[A-Za-z0-9\-.]{1,64}|\.ndjson)")
+_NAMED_TYPE = re.compile(rf"\b({TYPE_PATTERN})(?:/{ID_PATTERN}|\.ndjson)")
 
 
 def failed_types(outcome: dict[str, Any], file_path: str, types: Sequence[str]) -> list[str]:

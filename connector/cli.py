@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from connector import progress as progress_events
 from connector.config import EXAMPLE_CONFIG, Settings, config_path, load_settings, quiet_third_party_logs
-from connector.errors import ConnectorError
+from connector.errors import ConnectorError, MappingError
 
 app = typer.Typer(
     name="connector",
@@ -60,7 +60,7 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 def _guard(fn: Callable[[], T]) -> T:
     try:
         return fn()
-    except ConnectorError as exc:
+    except (ConnectorError, MappingError) as exc:
         raise _fail(str(exc)) from None
 
 
@@ -445,7 +445,8 @@ def status(
     limit: Annotated[int, typer.Option(help="How many recent stream runs to show.")] = 20,
 ) -> None:
     """Show the last runs, the watermarks and the dead-letter counts."""
-    from connector.warehouse import outbox, state
+    from connector.checks import describe_export, export_view
+    from connector.warehouse import bulk_state, outbox, state
     from connector.warehouse.engine import ensure_schema, make_engine
 
     settings = _guard(lambda: load_settings(config))
@@ -454,11 +455,13 @@ def status(
         engine = make_engine(settings.warehouse.url)
         try:
             ensure_schema(engine)
+            exports = bulk_state.pending_exports(engine)
             return {
                 "runs": state.recent_runs(engine, limit),
                 "watermarks": state.watermarks(engine),
                 "dead_letters": state.dead_letter_counts(engine),
                 "outbox": outbox.counts(engine),
+                "bulk_exports": [{"endpoint": name} | export_view(e) for name, e in exports.items()],
             }
         finally:
             engine.dispose()
@@ -498,7 +501,12 @@ def status(
         pushes.add_column(col)
     for o in data["outbox"]:
         pushes.add_row(o["endpoint"], o["kind"], o["status"], str(o["items"]))
-    out.print(runs, marks, dead, pushes)
+    exports = Table(title="Bulk exports in progress", title_justify="left")
+    for col in ("endpoint", "export"):
+        exports.add_column(col)
+    for e in data["bulk_exports"]:
+        exports.add_row(e["endpoint"], describe_export(e))
+    out.print(runs, marks, dead, pushes, exports)
 
 
 def _per_kind(counts: dict[str, int]) -> str:

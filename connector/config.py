@@ -11,6 +11,7 @@ import os
 import re
 import stat
 import tomllib
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -29,6 +30,7 @@ from pydantic import (
 )
 
 from connector.errors import ConfigError
+from mappings.fhir_ids import ID_PATTERN
 from mappings.types import DEFAULT_INTAKE_ITEMS, MappingOptions
 
 CONFIG_ENV_VAR = "CONNECTOR_CONFIG"
@@ -114,8 +116,12 @@ class AuthSettings(_Strict):
     private_key_file: Path | None = None
     private_key: SecretStr | None = None
     algorithm: Literal["RS384", "ES384"] = "RS384"
+    #: The JWT header's `kid`; by default the key's RFC 7638 JWK thumbprint (what the server registers).
     key_id: str | None = None
-    scope: str = "system/*.read system/Task.write system/MeasureReport.write"
+    #: Scopes asked for; by default derived from the configured streams and what push-back sends here.
+    scope: str | None = None
+    #: SMART scope syntax of the derived scope: v1 (`system/Coverage.read`) or v2 (`system/Coverage.rs`).
+    scope_version: Literal["v1", "v2"] = "v1"
     #: Refresh a cached token this many seconds before it expires.
     refresh_margin_seconds: int = Field(default=60, ge=0, le=3600)
 
@@ -229,7 +235,7 @@ class MappingSettings(_Strict):
 
 DEFAULT_IDENTIFIER_SYSTEM = "urn:therapy-fhir-connector:acknowledgment"
 DEFAULT_MEASURE_BASE = "https://therapy-fhir-connector.org/fhir/Measure"
-_REFERENCE_RE = re.compile(r"^(Organization)/[A-Za-z0-9\-.]{1,64}$")
+_REFERENCE_RE = re.compile(rf"^(Organization)/{ID_PATTERN}$")
 
 
 class EndpointSettings(_Strict):
@@ -285,7 +291,7 @@ class EndpointSettings(_Strict):
     bulk: Literal["auto", "always", "never"] = "auto"
     #: system (`/$export`), group (`/Group/{bulk_group_id}/$export`) or patient (`/Patient/$export`).
     bulk_level: Literal["system", "group", "patient"] = "system"
-    bulk_group_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9\-.]{1,64}$")
+    bulk_group_id: str | None = Field(default=None, pattern=rf"^{ID_PATTERN}$")
     #: A status poll waits at most this long, whatever the server's Retry-After says.
     bulk_poll_cap_seconds: float = Field(default=300.0, gt=0, le=86400)
     #: An export not complete this many hours after its kick-off is cancelled (DELETE).
@@ -485,6 +491,22 @@ class Settings(_Strict):
                 )
         return value
 
+    @model_validator(mode="after")
+    def _derive_scopes(self) -> Settings:
+        # The SMART scope follows the config: reads for the streams, writes only for what push-back sends
+        # to this server. Servers refuse a whole token request for a scope the client was not granted.
+        endpoints = []
+        for endpoint in self.endpoints:
+            if endpoint.auth.type == "smart-backend" and endpoint.auth.scope is None:
+                senders = [e for e in self.endpoints if e.pushes and self.push_target(e) is endpoint]
+                scope = requested_scope(endpoint, senders)
+                endpoint = endpoint.model_copy(
+                    update={"auth": endpoint.auth.model_copy(update={"scope": scope})}
+                )
+            endpoints.append(endpoint)
+        object.__setattr__(self, "endpoints", endpoints)  # frozen model: replaced once, while validating
+        return self
+
     def push_target(self, endpoint: EndpointSettings) -> EndpointSettings | None:
         """The server an endpoint's acknowledgments and metrics go to; None for a folder without one."""
         if endpoint.push_endpoint is not None:
@@ -497,6 +519,39 @@ class Settings(_Strict):
                 return endpoint
         known = ", ".join(e.name for e in self.endpoints)
         raise ConfigError(f"no endpoint named {name!r} in {self.source_file}; configured: {known}")
+
+
+def with_directory(resource_types: Sequence[str]) -> list[str]:
+    """The types, plus the directory types (referral sources) when ServiceRequest is one of them: a search
+    brings those with `_include`, and an export (which has no `_include`) must ask for them."""
+    types = list(dict.fromkeys(resource_types))
+    if "ServiceRequest" in types:
+        types += [t for t in DIRECTORY_RESOURCES if t not in types]
+    return types
+
+
+#: Types push-back writes, per switch. It searches by identifier, creates and updates them.
+PUSHED_TYPES: dict[str, tuple[str, ...]] = {
+    "push_acknowledgments": ("Task",),
+    "push_metrics": ("MeasureReport",),
+}
+
+
+def requested_scope(endpoint: EndpointSettings, senders: Sequence[EndpointSettings]) -> str:
+    """The SMART system scopes an endpoint's token asks for: read (and search) each type it syncs, the
+    directory types `_include` brings with referrals, and write the types `senders` push to this server."""
+    reads = with_directory(endpoint.resources)
+    writes = [
+        rtype
+        for switch, types in PUSHED_TYPES.items()
+        if any(getattr(sender, switch) for sender in senders)
+        for rtype in types
+    ]
+    v2 = endpoint.auth.scope_version == "v2"
+    scopes = [f"system/{t}.rs" if v2 else f"system/{t}.read" for t in reads if t not in writes]
+    for rtype in writes:
+        scopes += [f"system/{rtype}.crus"] if v2 else [f"system/{rtype}.read", f"system/{rtype}.write"]
+    return " ".join(scopes)
 
 
 def _server(endpoints: list[EndpointSettings], name: str) -> bool:
@@ -591,11 +646,6 @@ def _holds_credentials(settings: Settings) -> bool:
     return any(endpoint.auth.type != "none" for endpoint in settings.endpoints)
 
 
-def environ_get(name: str, default: str | None = None) -> str | None:
-    """Read one environment variable; the rest of the code asks here instead of touching os.environ."""
-    return os.environ.get(name, default)
-
-
 EXAMPLE_CONFIG = """\
 # connector.toml: where the connector reads FHIR data from and where it writes the warehouse.
 # Check it with `connector check`; run it with `connector sync`.
@@ -655,7 +705,11 @@ client_id = "connector"
 token_url = "https://emr.example.org/oauth2/token"
 private_key_file = "/run/secrets/connector.pem"
 algorithm = "RS384"                        # RS384 | ES384
-# key_id = "connector-key-1"
+# key_id = "connector-key-1"               # JWT `kid`; default: the key's JWK thumbprint (RFC 7638)
+# scope = "system/ServiceRequest.read"     # default: read each type in `resources` (and the directory
+#                                          # types with ServiceRequest), write Task / MeasureReport only
+#                                          # when pushing to this server
+# scope_version = "v1"                     # v1: system/Coverage.read | v2: system/Coverage.rs
 # For basic:  username = "connector"  and  password = "env:EMR_PASSWORD"
 # For bearer: token = "file:/run/secrets/emr-token"
 

@@ -6,6 +6,22 @@ logged, and stored in `sync_run.error`.
 
 from __future__ import annotations
 
+# The pure mapping layer's error: `mappings` imports nothing from `connector`, so it cannot derive from
+# ConnectorError; it is re-exported here, and every place that reports errors to a person catches both.
+from mappings.errors import MappingError
+
+__all__ = [
+    "AuthError",
+    "ConfigError",
+    "ConnectorError",
+    "FatalFhirError",
+    "FhirError",
+    "MappingError",
+    "SourceFileError",
+    "TransientFhirError",
+    "WarehouseError",
+]
+
 
 class ConnectorError(Exception):
     """Base of every error the connector raises on purpose."""
@@ -55,10 +71,6 @@ class AuthError(FatalFhirError):
 class SourceFileError(ConnectorError):
     """An NDJSON file (a folder's, or a downloaded export file) cannot be read to its end: a truncated
     gzip stream, corrupt compression. The message names the file, never its content."""
-
-
-class MappingError(ConnectorError):
-    """A resource failed validation or mapping; the message is one line and holds no resource values."""
 
 
 class WarehouseError(ConnectorError):

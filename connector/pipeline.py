@@ -36,9 +36,10 @@ from connector.warehouse.upsert import JsonText
 from connector.warehouse.writer import PageWrite, PageWriteResult, Reject, write_page
 from mappings.canonical import canonical_json, digest
 from mappings.elements import parse_fhir_datetime, resource_meta
+from mappings.fhir_ids import resource_label
 from mappings.registry import map_resource
 from mappings.types import MapContext, MappingOptions
-from mappings.validate import MAX_DEPTH, resource_label, too_deep
+from mappings.validate import MAX_DEPTH, too_deep
 
 log = logging.getLogger(__name__)
 
@@ -445,7 +446,7 @@ async def run_stream(
             if watermark is not None:
                 result.watermark = watermark[0]
             item = following
-    except (ConnectorError, OSError) as exc:
+    except (ConnectorError, MappingError, OSError) as exc:
         result.status = "failed"
         result.error = _one_line(exc)
         result.http_status = exc.status if isinstance(exc, FhirError) else None

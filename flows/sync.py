@@ -28,8 +28,8 @@ from prefect.exceptions import ObjectNotFound
 from sqlalchemy.engine import Engine
 
 from connector.bulk_sync import run_bulk_backfill, search_falls_back_to_bulk, should_use_bulk
-from connector.config import DIRECTORY_RESOURCES, EndpointSettings, Settings, load_settings
-from connector.errors import ConnectorError, TransientFhirError, WarehouseError
+from connector.config import EndpointSettings, Settings, load_settings, with_directory
+from connector.errors import ConnectorError, MappingError, TransientFhirError, WarehouseError
 from connector.fhir.client import FhirClient
 from connector.fhir.history import deleted_since, supports_history
 from connector.fhir.ndjson import NdjsonSource
@@ -241,10 +241,7 @@ async def _bulk_round(
 
     A stream the export skipped (the server does not offer its type) is not a failure.
     """
-    types = list(resource_types)
-    if "ServiceRequest" in types:
-        # $export has no _include: export the referral sources alongside the referrals.
-        types += [t for t in DIRECTORY_RESOURCES if t not in types]
+    types = with_directory(resource_types)  # $export has no _include: the referral sources come along
     task_state = await bulk_backfill(
         config_path, endpoint_name, types, run_id, synced_at, capability, return_state=True
     )
@@ -389,7 +386,7 @@ async def _sweep_deletions(
             if deletions:
                 write_page(engine, PageWrite(endpoint_name, resource_type, deletions=deletions))
             get_run_logger().info("%s: %d deletion(s) in _history", resource_type, len(deletions))
-        except ConnectorError as exc:
+        except (ConnectorError, MappingError) as exc:
             failures.append(f"{resource_type} deletions: {exc}")
     return failures
 

@@ -28,8 +28,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from connector.errors import MappingError
 from mappings.elements import coding, parse_fhir_datetime, reference, reference_and_type, resource_meta
+from mappings.errors import MappingError
 from mappings.referral import resource_hash
 from mappings.types import MapContext, MappedRecords
 

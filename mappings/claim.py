@@ -10,9 +10,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from connector.errors import MappingError
 from mappings.adjudication import payer_key
 from mappings.elements import CPT, coding, parse_fhir_datetime, reference, reference_and_type, resource_meta
+from mappings.errors import MappingError
 from mappings.referral import resource_hash
 from mappings.types import MapContext, MappedRecords
 

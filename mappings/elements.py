@@ -11,7 +11,8 @@ from datetime import UTC, date, datetime, time, timedelta, timezone
 from functools import lru_cache
 from typing import Any, TypeAlias
 
-from connector.errors import MappingError
+from mappings.errors import MappingError
+from mappings.fhir_ids import ID_PATTERN, TYPE_PATTERN
 
 # FHIR date / dateTime / instant: YYYY, YYYY-MM, YYYY-MM-DD, or a full time with seconds, optional
 # fraction and a zone. FHIR requires the zone when a time is given; servers still send some without,
@@ -28,7 +29,7 @@ _DATETIME_RE = re.compile(
 # A literal reference that ends in Type/id, optionally followed by /_history/version. Absolute URLs
 # (https://server/fhir/Patient/1) are reduced to this tail, so the same target gets the same key.
 _REFERENCE_RE = re.compile(
-    r"(?:^|/)(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?/?$"
+    rf"(?:^|/)(?P<type>{TYPE_PATTERN})/(?P<id>{ID_PATTERN})(?:/_history/{ID_PATTERN})?/?$"
 )
 
 #: (resourceType, id, meta.versionId, meta.lastUpdated parsed, meta.lastUpdated as sent); see `resource_meta`.
@@ -50,7 +51,7 @@ _COMMON_DATETIME_RE = re.compile(
     re.ASCII,
 )
 # A literal reference that is exactly Type/id, the common case of `_REFERENCE_RE` (same character sets).
-_TYPE_ID_RE = re.compile(r"[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}")
+_TYPE_ID_RE = re.compile(f"{TYPE_PATTERN}/{ID_PATTERN}")
 
 _NOT_A_DATETIME = "not a FHIR date/dateTime/instant"
 _INVALID_DATETIME = "not a valid date or time"

@@ -19,7 +19,6 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from connector.errors import MappingError
 from mappings.elements import (
     coding,
     parse_fhir_datetime,
@@ -28,9 +27,10 @@ from mappings.elements import (
     reference_to,
     resource_meta,
 )
+from mappings.errors import MappingError
+from mappings.fhir_ids import resource_label
 from mappings.referral import resource_hash
 from mappings.types import MapContext, MappedRecords
-from mappings.validate import resource_label
 
 COVERAGE_CLASS = "http://terminology.hl7.org/CodeSystem/coverage-class"
 BENEFIT_TYPE = "http://terminology.hl7.org/CodeSystem/benefit-type"

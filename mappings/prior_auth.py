@@ -23,11 +23,11 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from connector.errors import MappingError
 from mappings.elements import coding, parse_fhir_datetime, reference, reference_to
 from mappings.eligibility import base_row, payer_fields
+from mappings.errors import MappingError
+from mappings.fhir_ids import resource_label
 from mappings.types import MapContext, MappedRecords
-from mappings.validate import resource_label
 
 ADJUDICATION = "http://terminology.hl7.org/CodeSystem/adjudication"
 # Extension URLs end in these names in PAS 1.x/2.x and HRex (hl7.org/fhir/us/davinci-pas|davinci-hrex/...).

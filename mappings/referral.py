@@ -20,7 +20,6 @@ from typing import Any
 
 import orjson
 
-from connector.errors import MappingError
 from mappings.canonical import canonical_json, digest
 from mappings.discipline import code_tokens, discipline_of
 from mappings.elements import (
@@ -35,6 +34,8 @@ from mappings.elements import (
     reference_to,
     resource_meta,
 )
+from mappings.errors import MappingError
+from mappings.fhir_ids import resource_label
 from mappings.intake import intake_missing
 from mappings.referral_source import (
     SELF_REQUESTERS,
@@ -43,7 +44,6 @@ from mappings.referral_source import (
     source_columns,
 )
 from mappings.types import MapContext, MappedRecords, Mapper, MappingOptions
-from mappings.validate import resource_label
 from mappings.visit import appointment_columns, encounter_columns
 
 

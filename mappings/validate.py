@@ -20,10 +20,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from connector.errors import MappingError
+from mappings.errors import MappingError
+from mappings.fhir_ids import TYPE_RE, resource_label
 
-_TYPE_RE = re.compile(r"[A-Z][A-Za-z]{1,63}")
-_ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _MAX_ERRORS_SHOWN = 3
 #: JSON nesting (objects and arrays) a resource may have; real resources stay far below it.
 MAX_DEPTH = 64
@@ -87,17 +86,6 @@ def _model_class(resource_type: str) -> type[Any] | None:
         return None
     model = getattr(module, resource_type, None)
     return model if isinstance(model, type) else None
-
-
-def resource_label(resource: Any) -> str:
-    """`Type/id` for messages; parts that are not a valid FHIR type or id are not echoed."""
-    if not isinstance(resource, dict):
-        return "<not a JSON object>"
-    rtype = resource.get("resourceType")
-    rid = resource.get("id")
-    type_part = rtype if isinstance(rtype, str) and _TYPE_RE.fullmatch(rtype) else "<unknown type>"
-    id_part = rid if isinstance(rid, str) and _ID_RE.fullmatch(rid) else "<invalid id>"
-    return f"{type_part}/{id_part}"
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:
@@ -170,7 +158,7 @@ def validate(resource: dict[str, Any]) -> None:
     rtype = resource.get("resourceType")
     if not isinstance(rtype, str) or not rtype:
         raise MappingError(f"{label}: missing resourceType")
-    model = _model_class(rtype) if _TYPE_RE.fullmatch(rtype) else None
+    model = _model_class(rtype) if TYPE_RE.fullmatch(rtype) else None
     if model is None:
         raise MappingError(f"{label}: unknown resourceType")
     rid = resource.get("id")

@@ -24,17 +24,16 @@ from typing import Any
 
 from pydantic_core import SchemaValidator, ValidationError
 
-from connector.errors import MappingError
+from mappings.errors import MappingError
+from mappings.fhir_ids import TYPE_RE, resource_label
 from mappings.r4b_schemas import _COMPILER, _FAST, _JSON, _OBJECT, _TAGS, _rules, nests_too_deep
 from mappings.validate import (
-    _TYPE_RE,
     MAX_DEPTH,
     _check_required_codes,
     _format_loc,
     _model_class,
     _safe_message,
     raise_problems,
-    resource_label,
 )
 
 #: Per mapped resource type: the top-level elements a mapper (or `connector.pipeline.map_resources`) reads,
@@ -143,7 +142,7 @@ def project(resource: dict[str, Any]) -> dict[str, Any]:
 
 def _known_type(rtype: Any) -> bool:
     """A type R4B has a model for (checked before anything is cached by an input's type name)."""
-    if not isinstance(rtype, str) or _TYPE_RE.fullmatch(rtype) is None:
+    if not isinstance(rtype, str) or TYPE_RE.fullmatch(rtype) is None:
         return False
     return _model_class(rtype) is not None
 

@@ -14,8 +14,9 @@ from typing import Any
 
 from pydantic_core import SchemaValidator
 
+from mappings.fhir_ids import TYPE_RE
 from mappings.r4b_schemas import _element_validator, nests_too_deep
-from mappings.validate import _TYPE_RE, _check_required_codes, _model_class, validate
+from mappings.validate import _check_required_codes, _model_class, validate
 
 #: Per known resource type (filled on first use): the compiled validator of whole resources of it.
 _VALIDATORS: dict[str, SchemaValidator] = {}
@@ -29,7 +30,7 @@ def strict_validator(rtype: str) -> SchemaValidator | None:
     """
     validator = _VALIDATORS.get(rtype)
     if validator is None:
-        model = _model_class(rtype) if _TYPE_RE.fullmatch(rtype) else None
+        model = _model_class(rtype) if TYPE_RE.fullmatch(rtype) else None
         if model is None:
             return None
         validator = _element_validator(model)  # thread-safe: the compiler builds under its lock

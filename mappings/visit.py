@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from connector.errors import MappingError
 from mappings.discipline import code_tokens, discipline_of, visit_kind
 from mappings.elements import parse_fhir_datetime, reference, reference_and_type
+from mappings.errors import MappingError
 from mappings.types import MappingOptions
 
 VISIT_STATUSES: tuple[str, ...] = ("booked", "fulfilled", "noshow", "cancelled", "other")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import time
 from typing import Any
 from urllib.parse import parse_qs
@@ -15,9 +16,9 @@ import respx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from connector.config import AuthSettings, EndpointSettings
+from connector.config import AuthSettings, EndpointSettings, Settings
 from connector.errors import AuthError, ConfigError
-from connector.fhir.auth import BearerAuth, SmartBackendAuth, build_auth
+from connector.fhir.auth import BearerAuth, SmartBackendAuth, build_auth, jwk_thumbprint
 from connector.fhir.client import FhirClient
 
 BASE = "https://emr.example.org/fhir/R4"
@@ -137,12 +138,108 @@ def test_smart_token_request_and_signed_assertion(algorithm: str) -> None:
     assert fhir.calls.last.request.headers["Authorization"] == "Bearer access-1"
 
 
-def test_smart_without_key_id_has_no_kid_header() -> None:
+def test_jwk_thumbprint_is_rfc_7638_example() -> None:
+    # RFC 7638 §3.1: the RSA key of RFC 7517 Appendix A.1 and its thumbprint, as the RFC prints them.
+    n = (
+        "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWK"
+        "RXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAt"
+        "aSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XP"
+        "ksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"
+    )
+    jwk = {"kty": "RSA", "n": n, "e": "AQAB", "alg": "RS256", "kid": "2011-04-29"}
+    assert jwk_thumbprint(jwk) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+def _b64url_uint(value: int, size: int) -> str:
+    return base64.urlsafe_b64encode(value.to_bytes(size, "big")).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("algorithm", ["RS384", "ES384"])
+def test_smart_without_key_id_sends_the_key_thumbprint_as_kid(algorithm: str) -> None:
+    # SMART requires `kid`; the reference server refused assertions without it. The expected thumbprint is
+    # built here from the key's numbers, independently of the JWK export the connector uses.
+    pem, public = (_RSA_PEM, _RSA_PUBLIC) if algorithm == "RS384" else pem_pair("ES384")
+    numbers = public.public_numbers()
+    if algorithm == "RS384":
+        size = (numbers.n.bit_length() + 7) // 8
+        members = f'{{"e":"AQAB","kty":"RSA","n":"{_b64url_uint(numbers.n, size)}"}}'
+    else:
+        x, y = _b64url_uint(numbers.x, 48), _b64url_uint(numbers.y, 48)
+        members = f'{{"crv":"P-384","kty":"EC","x":"{x}","y":"{y}"}}'
+    expected = base64.urlsafe_b64encode(hashlib.sha256(members.encode()).digest()).rstrip(b"=").decode()
     with respx.mock(assert_all_called=True) as router:
         token = router.post(TOKEN_URL).mock(return_value=token_response("access-1"))
         router.get(BASE + "/Coverage/c1").respond(json={})
-        get_many(smart_endpoint())
-    assert "kid" not in jwt.get_unverified_header(form(token.calls.last.request)["client_assertion"])
+        get_many(smart_endpoint(pem, algorithm=algorithm))
+    assertion = form(token.calls.last.request)["client_assertion"]
+    assert jwt.get_unverified_header(assertion)["kid"] == expected
+    jwt.decode(assertion, public, algorithms=[algorithm], audience=TOKEN_URL)
+
+
+def _smart(name: str, **extra: Any) -> dict[str, Any]:
+    auth = {"type": "smart-backend", "client_id": "c", "token_url": TOKEN_URL, "private_key": _RSA_PEM}
+    auth.update(extra.pop("auth", {}))
+    return {"name": name, "base_url": BASE, "auth": auth, **extra}
+
+
+def test_default_scope_reads_the_configured_streams_only() -> None:
+    # With push-back off, asking for Task.write made the reference server refuse the token (invalid_scope).
+    settings = Settings.model_validate({"endpoints": [_smart("emr", resources=["Coverage", "Claim"])]})
+    assert settings.endpoints[0].auth.scope == "system/Coverage.read system/Claim.read"
+
+
+def test_default_scope_adds_directory_reads_with_referrals_and_writes_what_is_pushed_here() -> None:
+    owner = "Organization/p1"
+    settings = Settings.model_validate(
+        {
+            "endpoints": [
+                _smart("emr", resources=["ServiceRequest"], push_acknowledgments=True, owner=owner),
+                _smart("payer", resources=["Coverage"], push_metrics=True, push_endpoint="emr", owner=owner),
+            ]
+        }
+    )
+    emr, payer = settings.endpoints
+    assert emr.auth.scope is not None
+    assert emr.auth.scope.split() == [
+        "system/ServiceRequest.read",
+        "system/Practitioner.read",
+        "system/PractitionerRole.read",
+        "system/Organization.read",
+        "system/Task.read",
+        "system/Task.write",
+        "system/MeasureReport.read",
+        "system/MeasureReport.write",
+    ]
+    # payer's metrics go to emr: payer's own token asks for nothing to write.
+    assert payer.auth.scope == "system/Coverage.read"
+
+
+def test_default_scope_in_smart_v2_syntax() -> None:
+    endpoint = _smart("emr", resources=["Coverage"], push_acknowledgments=True, owner="Organization/p1")
+    endpoint["auth"]["scope_version"] = "v2"
+    settings = Settings.model_validate({"endpoints": [endpoint]})
+    assert settings.endpoints[0].auth.scope == "system/Coverage.rs system/Task.crus"
+
+
+def test_configured_scope_wins_and_is_what_the_token_request_sends() -> None:
+    settings = Settings.model_validate(
+        {"endpoints": [_smart("emr", resources=["Coverage"], auth={"scope": "system/*.read"})]}
+    )
+    with respx.mock(assert_all_called=True) as router:
+        token = router.post(TOKEN_URL).mock(return_value=token_response("access-1"))
+        router.get(BASE + "/Coverage/c1").respond(json={})
+        get_many(settings.endpoints[0])
+    assert form(token.calls.last.request)["scope"] == "system/*.read"
+
+
+def test_endpoint_without_settings_derives_its_scope_too() -> None:
+    # An EndpointSettings used on its own (no Settings around it) still sends its derived scope.
+    endpoint = EndpointSettings.model_validate(_smart("emr", resources=["Encounter"]))
+    with respx.mock(assert_all_called=True) as router:
+        token = router.post(TOKEN_URL).mock(return_value=token_response("access-1"))
+        router.get(BASE + "/Coverage/c1").respond(json={})
+        get_many(endpoint)
+    assert form(token.calls.last.request)["scope"] == "system/Encounter.read"
 
 
 def test_smart_token_is_cached_across_requests() -> None:

@@ -9,6 +9,8 @@ put into a log line or an error message.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
 import time
 import uuid
@@ -18,6 +20,9 @@ from typing import Any
 import httpx
 import jwt
 import orjson
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from connector.config import AuthSettings
 from connector.errors import AuthError, ConfigError, TransientFhirError
@@ -127,8 +132,10 @@ class SmartBackendAuth(httpx.Auth):
             "exp": now + ASSERTION_LIFETIME_SECONDS,
             "jti": str(uuid.uuid4()),
         }
-        headers = {"kid": self._key_id} if self._key_id else None
         try:
+            if self._key_id is None:
+                self._key_id = key_thumbprint(self._key)
+            headers = {"kid": self._key_id}
             return jwt.encode(claims, self._key, algorithm=self._algorithm, headers=headers)
         except (ValueError, TypeError, jwt.PyJWTError) as exc:
             # Name the problem, never the key.
@@ -172,14 +179,46 @@ class SmartBackendAuth(httpx.Auth):
         logger.info("obtained a SMART access token valid for %ds", int(lifetime))
 
 
+#: The members of a public JWK that its RFC 7638 thumbprint hashes, per key type (§3.2).
+_THUMBPRINT_MEMBERS = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y")}
+
+
+def jwk_thumbprint(jwk: dict[str, Any]) -> str:
+    """The RFC 7638 SHA-256 thumbprint of a public JWK, base64url without padding."""
+    members = {name: jwk[name] for name in _THUMBPRINT_MEMBERS[jwk["kty"]]}
+    # Required members only, sorted, no whitespace: the canonical form RFC 7638 §3.3 hashes.
+    canonical = orjson.dumps(members, option=orjson.OPT_SORT_KEYS)
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode()
+
+
+def key_thumbprint(private_key_pem: str) -> str:
+    """The `kid` sent when none is configured: the thumbprint of the key's public half.
+
+    SMART Backend Services requires a `kid`; servers that take a JWKS or a registered public key
+    commonly name it by this thumbprint (the SMART reference server and many JWKS tools do).
+    """
+    key = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
+    public = key.public_key()
+    if isinstance(public, rsa.RSAPublicKey):
+        return jwk_thumbprint(orjson.loads(RSAAlgorithm.to_jwk(public)))
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        return jwk_thumbprint(orjson.loads(ECAlgorithm.to_jwk(public)))
+    raise ValueError("only RSA and EC keys sign SMART assertions")
+
+
 def _oauth_error(data: dict[str, Any]) -> str | None:
     """`error: error_description` from an OAuth error body (RFC 6749 §5.2), the only parts we show."""
     parts = [str(data[key]) for key in ("error", "error_description") if data.get(key)]
     return ": ".join(parts)[:500] or None
 
 
-def build_auth(settings: AuthSettings, *, clock: Callable[[], float] = time.time) -> httpx.Auth | None:
-    """The httpx auth for an endpoint's `[auth]` table; None when the endpoint needs none."""
+def build_auth(
+    settings: AuthSettings, *, default_scope: str | None = None, clock: Callable[[], float] = time.time
+) -> httpx.Auth | None:
+    """The httpx auth for an endpoint's `[auth]` table; None when the endpoint needs none.
+
+    `default_scope` is asked for when the table names no `scope` (Settings derives one for each endpoint).
+    """
     if settings.type == "none":
         return None
     if settings.type == "basic":
@@ -198,7 +237,7 @@ def build_auth(settings: AuthSettings, *, clock: Callable[[], float] = time.time
         private_key=settings.load_private_key,
         algorithm=settings.algorithm,
         key_id=settings.key_id,
-        scope=settings.scope,
+        scope=settings.scope if settings.scope is not None else default_scope,
         refresh_margin_seconds=settings.refresh_margin_seconds,
         clock=clock,
     )

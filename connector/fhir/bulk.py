@@ -56,6 +56,7 @@ from connector.fhir.http import (
 from connector.fhir.ndjson import NdjsonPage, NdjsonSource
 from connector.fhir.paging import origin, resolve
 from connector.progress import sink
+from mappings.fhir_ids import TYPE_RE
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,6 @@ MAX_REDIRECTS = 3
 #: X-Progress is free text from the server: keep what is shown short.
 _MAX_PROGRESS_CHARS = 100
 _GZIP_MAGIC = b"\x1f\x8b"
-_TYPE_RE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 _NDJSON_HEADERS = {"Accept": "application/fhir+ndjson", "Accept-Encoding": "gzip"}
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -504,7 +504,7 @@ class BulkExport:
             with part.open("rb") as stream:
                 gzipped = stream.read(2) == _GZIP_MAGIC
             # The name tells the NDJSON reader the type; only a plain type name goes into a path.
-            stem = file.type if _TYPE_RE.match(file.type) else "export"
+            stem = file.type if TYPE_RE.fullmatch(file.type) else "export"
             final = directory / f"{stem}.ndjson{'.gz' if gzipped else ''}"
             part.replace(final)
             return final

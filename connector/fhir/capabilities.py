@@ -124,3 +124,8 @@ def supports_bulk_export(cap: dict[str, Any], level: str = "system") -> bool:
             ):
                 return True
     return False
+
+
+def bulk_export_levels(cap: dict[str, Any]) -> list[str]:
+    """The `$export` levels (system, group, patient) the statement declares, in that order."""
+    return [level for level in _BULK_OPERATIONS if supports_bulk_export(cap, level)]

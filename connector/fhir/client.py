@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -24,12 +23,13 @@ import httpx
 import orjson
 
 from connector import __version__
-from connector.config import EndpointSettings
+from connector.config import EndpointSettings, requested_scope
 from connector.errors import ConfigError, FatalFhirError
 from connector.fhir.auth import build_auth
 from connector.fhir.http import build_retrying, describe, raise_for_response, transport_error
 from connector.fhir.page import Page
 from connector.fhir.paging import NextLinkGuard, check_same_origin, read_page
+from mappings.fhir_ids import TYPE_RE
 
 # httpx logs every request with its full URL (query string included) at INFO: search parameters can
 # hold patient identifiers, so keep those loggers quiet whatever the root level is.
@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
 USER_AGENT = f"therapy-fhir-connector/{__version__}"
 
-_RESOURCE_TYPE_RE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 
 Params = Mapping[str, str] | Sequence[tuple[str, str]]
 
@@ -82,7 +81,9 @@ class FhirClient:
                 ep.name,
             )
         self._client = httpx.AsyncClient(
-            auth=build_auth(ep.auth),
+            auth=build_auth(
+                ep.auth, default_scope=requested_scope(ep, [ep] if ep.push_endpoint is None else [])
+            ),
             headers={"Accept": FHIR_JSON, "User-Agent": USER_AGENT},
             timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.pool),
             limits=httpx.Limits(
@@ -137,7 +138,7 @@ class FhirClient:
         `_count` is set from `page_size` unless the caller gave one. With `defer_entries`, pages keep
         their entries unparsed (`Page.body`) for a mapping worker to parse.
         """
-        if not _RESOURCE_TYPE_RE.match(resource_type):
+        if not TYPE_RE.fullmatch(resource_type):
             raise ValueError(f"not a FHIR resource type: {resource_type!r}")
         items = list(params.items()) if isinstance(params, Mapping) else list(params)
         if not any(key == "_count" for key, _ in items):

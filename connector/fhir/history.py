@@ -6,7 +6,6 @@ A DELETE shows as a history entry with `request.method = DELETE` (and usually no
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Any
 
@@ -16,8 +15,7 @@ from connector.errors import MappingError, TransientFhirError
 from connector.fhir.client import FhirClient
 from connector.fhir.paging import NextLinkGuard, next_link
 from mappings.elements import parse_fhir_datetime
-
-_ENTRY_URL = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?/?$")
+from mappings.fhir_ids import REFERENCE_TAIL_RE
 
 
 def supports_history(capability: dict[str, Any], resource_type: str) -> bool:
@@ -49,7 +47,7 @@ def deletions_in(bundle: dict[str, Any], resource_type: str) -> list[tuple[str, 
         request = entry.get("request") or {}
         if str(request.get("method", "")).upper() != "DELETE":
             continue
-        match = _ENTRY_URL.search(str(request.get("url") or entry.get("fullUrl") or ""))
+        match = REFERENCE_TAIL_RE.search(str(request.get("url") or entry.get("fullUrl") or ""))
         when = _when((entry.get("response") or {}).get("lastModified")) or fallback
         if match and match.group(1) == resource_type and when is not None:
             found.append((resource_type, match.group(2), when))

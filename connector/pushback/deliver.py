@@ -24,7 +24,7 @@ import orjson
 from sqlalchemy.engine import Engine
 
 from connector.config import EndpointSettings, Settings
-from connector.errors import ConnectorError, FatalFhirError, FhirError
+from connector.errors import ConnectorError, FatalFhirError, FhirError, MappingError
 from connector.fhir import capabilities as caps
 from connector.fhir.client import FhirClient
 from connector.pushback import build
@@ -283,7 +283,7 @@ async def _deliver(
             "push %s %s: %s", endpoint.name, item.kind, "failed" if status == "failed" else "will retry"
         )
         return
-    except ConnectorError as exc:
+    except (ConnectorError, MappingError) as exc:
         outbox.mark_attempt(engine, item, str(exc), max_attempts=endpoint.push_max_attempts, fatal=True)
         _bump(summary.failed, item.kind)
         summary.errors.append(f"{item.kind} {item.item_key}: {exc}")

@@ -67,6 +67,15 @@ def pending_export(engine: Engine, endpoint: str) -> PendingExport | None:
     )
 
 
+def pending_exports(engine: Engine) -> dict[str, PendingExport]:
+    """Per endpoint with one, its pending export (what `connector status` shows)."""
+    query = sa.select(_STATE.c.endpoint).where(_STATE.c.bulk_status_url.is_not(None)).distinct()
+    with engine.connect() as conn:
+        names = sorted(conn.execute(query).scalars())
+    found = {name: pending_export(engine, name) for name in names}
+    return {name: export for name, export in found.items() if export is not None}
+
+
 def save_kickoff(
     engine: Engine,
     endpoint: str,

@@ -137,6 +137,25 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def open_existing(url: str) -> Engine | None:
+    """An engine for a warehouse that exists already, for commands that only read it (`check`).
+
+    None for a SQLite file that is not there (it is not created) or a database never migrated.
+    """
+    parsed = _normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return None
+        if not Path(database).expanduser().is_file():
+            return None
+    engine = make_engine(url)
+    if schema_revision(engine) is None:
+        engine.dispose()
+        return None
+    return engine
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
