@@ -31,26 +31,18 @@ from pydantic import (
 
 from connector.errors import ConfigError
 from mappings.fhir_ids import ID_PATTERN
+from mappings.specs import DEFAULT_TYPES, DIRECTORY_TYPES, SPECS, SYNCED_TYPES
 from mappings.types import DEFAULT_INTAKE_ITEMS, MappingOptions
 
 CONFIG_ENV_VAR = "CONNECTOR_CONFIG"
 DEFAULT_CONFIG_FILE = "connector.toml"
 
-#: Resource types synced by default; the order is the sync order.
-DEFAULT_RESOURCES: tuple[str, ...] = (
-    "ServiceRequest",
-    "Appointment",
-    "Encounter",
-    "Coverage",
-    "CoverageEligibilityResponse",
-    "Claim",
-    "ClaimResponse",
-    "ExplanationOfBenefit",
-)
-#: Directory resources (referral sources). A server sends them with `_include`; an NDJSON folder
-#: lists them as streams of their own.
-DIRECTORY_RESOURCES: tuple[str, ...] = ("Practitioner", "PractitionerRole", "Organization")
-SUPPORTED_RESOURCES: tuple[str, ...] = DEFAULT_RESOURCES + DIRECTORY_RESOURCES
+#: Resource types synced by default, directory types (referral sources: a server sends them with
+#: `_include`, an NDJSON folder lists them as streams of their own) and every type `resources` may list, in
+#: sync order: all from the resource specs.
+DEFAULT_RESOURCES: tuple[str, ...] = DEFAULT_TYPES
+DIRECTORY_RESOURCES: tuple[str, ...] = DIRECTORY_TYPES
+SUPPORTED_RESOURCES: tuple[str, ...] = SYNCED_TYPES
 DISCIPLINES: tuple[str, ...] = ("PT", "OT", "SLP", "other")
 
 logger = logging.getLogger(__name__)
@@ -530,10 +522,10 @@ def with_directory(resource_types: Sequence[str]) -> list[str]:
     return types
 
 
-#: Types push-back writes, per switch. It searches by identifier, creates and updates them.
+#: Types push-back writes, per endpoint switch. It searches by identifier, creates and updates them.
 PUSHED_TYPES: dict[str, tuple[str, ...]] = {
-    "push_acknowledgments": ("Task",),
-    "push_metrics": ("MeasureReport",),
+    switch: tuple(s.resource_type for s in SPECS if s.pushed_by == switch)
+    for switch in dict.fromkeys(s.pushed_by for s in SPECS if s.pushed_by)
 }
 
 

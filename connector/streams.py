@@ -1,16 +1,15 @@
-"""The declarative registry of resource streams: one entry per FHIR resource type the connector pulls.
-
-Adding a resource type is adding one `Stream` here (and its mapper in `mappings.registry`).
-"""
+"""Resource streams: the search side of each synced type's spec (`mappings.specs`), and the plan of how
+one stream is searched on one endpoint."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from connector.config import SUPPORTED_RESOURCES, EndpointSettings
+from connector.config import EndpointSettings
 from connector.errors import ConfigError
 from connector.fhir import capabilities
+from mappings.specs import SPECS
 
 Mode = Literal["last-updated", "date-param", "full", "ndjson", "bulk"]
 
@@ -24,33 +23,14 @@ class Stream:
     includes: tuple[str, ...] = ()
 
 
-#: Which resource element each date search parameter compares, per resource type (FHIR R4 search specs).
+#: Which resource element each date search parameter compares, per resource type.
 DATE_PARAM_ELEMENTS: dict[tuple[str, str], str] = {
-    ("ServiceRequest", "authored"): "authoredOn",
-    ("Appointment", "date"): "start",
-    ("Encounter", "date"): "period.start",
-    ("Coverage", "period"): "period.start",
-    ("CoverageEligibilityResponse", "created"): "created",
-    ("Claim", "created"): "created",
-    ("ClaimResponse", "created"): "created",
-    ("ExplanationOfBenefit", "created"): "created",
+    (s.resource_type, param): element for s in SPECS for param, element in s.date_params.items()
 }
 
-STREAMS: tuple[Stream, ...] = (
-    Stream("ServiceRequest", date_param="authored", includes=("ServiceRequest:requester",)),
-    Stream("Appointment", date_param="date"),
-    Stream("Encounter", date_param="date"),
-    Stream("Coverage"),
-    Stream("CoverageEligibilityResponse", date_param="created"),
-    Stream("Claim", date_param="created"),
-    Stream("ClaimResponse", date_param="created"),
-    Stream("ExplanationOfBenefit", date_param="created"),
-    Stream("Practitioner"),
-    Stream("PractitionerRole"),
-    Stream("Organization"),
+STREAMS: tuple[Stream, ...] = tuple(
+    Stream(s.resource_type, date_param=s.date_param, includes=s.includes) for s in SPECS if s.role != "pushed"
 )
-
-assert tuple(s.resource_type for s in STREAMS) == SUPPORTED_RESOURCES, "registry and config disagree"
 
 _BY_TYPE = {s.resource_type: s for s in STREAMS}
 

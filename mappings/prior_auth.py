@@ -5,7 +5,7 @@ The request and the decision are stored in separate tables, each keyed by its ow
 the `prior_authorization` view on `ClaimResponse.request`; so whichever arrives first, the other links to
 it when it arrives, and a newer version of one never overwrites what the other wrote.
 
-Only `use = preauthorization` is handled here; claims (`use = claim`) belong to `mappings.denials`, and
+Only `use = preauthorization` is handled here; claims (`use = claim`) belong to `mappings.claim`, and
 for them these mappers return nothing.
 
 The decision is read, in this order, from the X12 306 review action of the Da Vinci PAS / HRex

@@ -43,7 +43,7 @@ from mappings.referral_source import (
     requester_source_type,
     source_columns,
 )
-from mappings.types import MapContext, MappedRecords, Mapper, MappingOptions
+from mappings.types import MapContext, MappedRecords, MappingOptions
 from mappings.visit import appointment_columns, encounter_columns
 
 
@@ -267,22 +267,3 @@ def map_appointment(resource: dict[str, Any], ctx: MapContext) -> MappedRecords:
 def map_encounter(resource: dict[str, Any], ctx: MapContext) -> MappedRecords:
     """Map a validated Encounter to one `visit` row; MappingError when its subject is not a Patient."""
     return _mapped("visit", ("Encounter",), resource, ctx, encounter_columns)
-
-
-#: Resource type -> mappers of the referral subject (gathered by `mappings.registry`).
-MAPPERS: dict[str, tuple[Mapper, ...]] = {
-    "ServiceRequest": (map_service_request,),
-    "Appointment": (map_appointment,),
-    "Encounter": (map_encounter,),
-    "Practitioner": (map_referral_source,),
-    "PractitionerRole": (map_referral_source,),
-    "Organization": (map_referral_source,),
-}
-TARGET_TABLES: dict[str, tuple[str, ...]] = {
-    "ServiceRequest": ("referral", "referral_source"),
-    "Appointment": ("visit",),
-    "Encounter": ("visit",),
-    "Practitioner": ("referral_source",),
-    "PractitionerRole": ("referral_source",),
-    "Organization": ("referral_source",),
-}

@@ -1,42 +1,20 @@
-"""The explicit list of mapped resource types, gathered from each subject's module.
+"""Mappers per resource type, derived from `mappings.specs`, and `map_resource`, which runs them.
 
-Each subject module (`referral`, `payer`, `denials`) exports `MAPPERS` (resource type -> mappers) and
-`TARGET_TABLES` (resource type -> tables written). A resource type may feed several mappers (a Claim is
-a prior-authorization request or a claim, depending on `use`); each returns the rows it is responsible
-for, or nothing. Validation runs once, before them.
+A resource type may feed several mappers (a Claim is a prior-authorization request or a claim, depending
+on `use`); each returns the rows it is responsible for, or nothing. Validation runs once, before them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from mappings import denials, payer, referral
+from mappings.specs import SPECS
 from mappings.types import MapContext, MappedRecords, Mapper
 from mappings.validate_mapped import validate_mapped
 from mappings.validate_strict import validate_strict
 
-
-def _merge_mappers(*parts: Mapping[str, tuple[Mapper, ...]]) -> dict[str, tuple[Mapper, ...]]:
-    merged: dict[str, tuple[Mapper, ...]] = {}
-    for part in parts:
-        for rtype, mappers in part.items():
-            merged[rtype] = merged.get(rtype, ()) + tuple(mappers)
-    return merged
-
-
-def _merge_tables(*parts: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
-    merged: dict[str, tuple[str, ...]] = {}
-    for part in parts:
-        for rtype, tables in part.items():
-            merged[rtype] = tuple(dict.fromkeys(merged.get(rtype, ()) + tuple(tables)))
-    return merged
-
-
-MAPPERS: dict[str, tuple[Mapper, ...]] = _merge_mappers(referral.MAPPERS, payer.MAPPERS, denials.MAPPERS)
-TARGET_TABLES: dict[str, tuple[str, ...]] = _merge_tables(
-    referral.TARGET_TABLES, payer.TARGET_TABLES, denials.TARGET_TABLES
-)
+MAPPERS: dict[str, tuple[Mapper, ...]] = {s.resource_type: s.mappers for s in SPECS if s.mappers}
+TARGET_TABLES: dict[str, tuple[str, ...]] = {s.resource_type: s.tables for s in SPECS if s.mappers}
 
 
 def map_resource(resource: dict[str, Any], ctx: MapContext) -> MappedRecords:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
@@ -22,6 +23,7 @@ from pydantic import ValidationError
 
 from mappings.errors import MappingError
 from mappings.fhir_ids import TYPE_RE, resource_label
+from mappings.specs import SPECS
 
 _MAX_ERRORS_SHOWN = 3
 #: JSON nesting (objects and arrays) a resource may have; real resources stay far below it.
@@ -31,49 +33,9 @@ MAX_DEPTH = 64
 _LOC_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}")
 
 
-def _codes(text: str) -> frozenset[str]:
-    return frozenset(text.split())
-
-
-_FM_STATUS = _codes("active cancelled draft entered-in-error")
-_CLAIM_USE = _codes("claim preauthorization predetermination")
-_RESPONSE_OUTCOME = _codes("queued complete error partial")
-_REQUEST_STATUS = _codes("draft active on-hold revoked completed entered-in-error unknown")
-_ORDER_INTENTS = "plan order original-order reflex-order filler-order instance-order option"
-_REQUEST_INTENT = _codes(f"proposal directive {_ORDER_INTENTS}")
-_REQUEST_PRIORITY = _codes("routine urgent asap stat")
-
-# Required bindings (FHIR R4 value sets) of top-level code elements, per resource type. Only `code`
-# elements the warehouse reports on are listed; a value outside the set makes the resource invalid.
-REQUIRED_CODES: dict[str, dict[str, frozenset[str]]] = {
-    "ServiceRequest": {"status": _REQUEST_STATUS, "intent": _REQUEST_INTENT, "priority": _REQUEST_PRIORITY},
-    "Coverage": {"status": _FM_STATUS},
-    "CoverageEligibilityResponse": {"status": _FM_STATUS, "outcome": _RESPONSE_OUTCOME},
-    "Claim": {"status": _FM_STATUS, "use": _CLAIM_USE},
-    "ClaimResponse": {"status": _FM_STATUS, "use": _CLAIM_USE, "outcome": _RESPONSE_OUTCOME},
-    "ExplanationOfBenefit": {"status": _FM_STATUS, "use": _CLAIM_USE, "outcome": _RESPONSE_OUTCOME},
-    "Appointment": {
-        "status": _codes(
-            "proposed pending booked arrived fulfilled cancelled noshow entered-in-error checked-in waitlist"
-        )
-    },
-    "Encounter": {
-        "status": _codes(
-            "planned arrived triaged in-progress onleave finished cancelled entered-in-error unknown"
-        )
-    },
-    "Task": {
-        "status": _codes(
-            "draft requested received accepted rejected ready cancelled in-progress on-hold failed completed"
-            " entered-in-error"
-        ),
-        "intent": _codes(f"unknown proposal {_ORDER_INTENTS}"),
-        "priority": _REQUEST_PRIORITY,
-    },
-    "MeasureReport": {
-        "status": _codes("complete pending error"),
-        "type": _codes("individual subject-list summary data-collection"),
-    },
+#: Required bindings of top-level code elements, per resource type (from `mappings.specs`).
+REQUIRED_CODES: dict[str, Mapping[str, frozenset[str]]] = {
+    s.resource_type: s.required_codes for s in SPECS if s.required_codes
 }
 
 

@@ -27,6 +27,7 @@ from pydantic_core import SchemaValidator, ValidationError
 from mappings.errors import MappingError
 from mappings.fhir_ids import TYPE_RE, resource_label
 from mappings.r4b_schemas import _COMPILER, _FAST, _JSON, _OBJECT, _TAGS, _rules, nests_too_deep
+from mappings.specs import SPECS
 from mappings.validate import (
     MAX_DEPTH,
     _check_required_codes,
@@ -36,61 +37,9 @@ from mappings.validate import (
     raise_problems,
 )
 
-#: Per mapped resource type: the top-level elements a mapper (or `connector.pipeline.map_resources`) reads,
-#: with every variant of a read choice element and the `_x` extension sibling of every read primitive.
+#: Per mapped resource type: the top-level elements its mappers read (`ResourceSpec.read_elements`).
 #: `content_hash` hashes the whole resource, but reads no element: it is not validation-relevant.
-READ_ELEMENTS: dict[str, tuple[str, ...]] = {
-    # mappings.referral (+ intake, referral_source for a contained requester), pipeline: status
-    "ServiceRequest": (
-        "status", "_status", "intent", "_intent", "priority", "_priority", "category", "code",
-        "subject", "requester", "performer", "performerType", "insurance",
-        "occurrenceDateTime", "_occurrenceDateTime", "occurrencePeriod", "occurrenceTiming",
-        "authoredOn", "_authoredOn", "reasonCode", "reasonReference", "basedOn", "replaces", "note",
-        "contained",
-    ),
-    # mappings.visit
-    "Appointment": (
-        "status", "_status", "participant", "serviceType", "appointmentType", "basedOn",
-        "start", "_start", "created", "_created",
-    ),
-    "Encounter": ("status", "_status", "subject", "type", "serviceType", "period", "appointment", "basedOn"),
-    # mappings.referral_source
-    "Practitioner": ("qualification", "name", "identifier", "active", "_active"),
-    "PractitionerRole": (
-        "code", "specialty", "practitioner", "organization", "identifier", "active", "_active",
-    ),
-    "Organization": ("type", "name", "_name", "partOf", "identifier", "active", "_active"),
-    # mappings.eligibility (payer_fields reads a #contained payor)
-    "Coverage": (
-        "status", "_status", "type", "beneficiary", "subscriberId", "_subscriberId", "relationship",
-        "payor", "class", "network", "_network", "order", "_order", "period", "contained",
-    ),
-    "CoverageEligibilityResponse": (
-        "status", "_status", "outcome", "_outcome", "purpose", "_purpose", "patient", "request", "insurer",
-        "created", "_created", "disposition", "_disposition", "servicedDate", "_servicedDate",
-        "servicedPeriod", "insurance", "error", "contained",
-    ),
-    # mappings.claim (use = claim) and mappings.prior_auth (use = preauthorization)
-    "Claim": (
-        "status", "_status", "use", "_use", "type", "priority", "identifier", "patient", "provider",
-        "insurer", "insurance", "created", "_created", "billablePeriod", "total", "item", "related",
-        "referral", "supportingInfo", "extension", "contained",
-    ),
-    # mappings.adjudication (use = claim) and mappings.prior_auth (use = preauthorization)
-    "ClaimResponse": (
-        "status", "_status", "use", "_use", "outcome", "_outcome", "created", "_created", "request",
-        "requestor", "patient", "insurer", "insurance", "payment", "adjudication", "total", "item",
-        "addItem", "error", "disposition", "_disposition", "preAuthRef", "_preAuthRef", "preAuthPeriod",
-        "extension", "contained",
-    ),
-    # mappings.adjudication; it reads `error` of an ExplanationOfBenefit too, which R4 does not define:
-    # listed, so a resource carrying one is invalid (as in strict mode) instead of feeding denial rows.
-    "ExplanationOfBenefit": (
-        "status", "_status", "use", "_use", "outcome", "_outcome", "created", "_created", "claim",
-        "claimResponse", "patient", "provider", "insurer", "payment", "adjudication", "total", "item",
-        "addItem", "disposition", "_disposition", "error",
-    ),
-}  # fmt: skip
+READ_ELEMENTS: dict[str, tuple[str, ...]] = {s.resource_type: s.read_elements for s in SPECS if s.mappers}
 
 #: Read of every resource, mapped or kept raw: `connector.pipeline.map_resources` takes the key, meta
 #: (versionId, lastUpdated) and `status` (entered-in-error marks a deletion). On a type without a status

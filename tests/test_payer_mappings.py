@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from connector.errors import MappingError
-from mappings import payer
+from mappings.claim import map_claim
 from mappings.eligibility import map_coverage, map_eligibility_response
 from mappings.prior_auth import map_preauth_claim, map_preauth_response
 from mappings.registry import MAPPERS, TARGET_TABLES, map_resource
@@ -60,8 +60,10 @@ def _without_key(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_payer_mappers_are_registered_next_to_the_denials_ones() -> None:
-    assert payer.MAPPERS["Coverage"] == (map_coverage,)
-    assert payer.MAPPERS["CoverageEligibilityResponse"] == (map_eligibility_response,)
+    assert MAPPERS["Coverage"] == (map_coverage,)
+    assert MAPPERS["CoverageEligibilityResponse"] == (map_eligibility_response,)
+    # A pre-authorization Claim is mapped before a claim: each mapper keeps only its own `use`.
+    assert MAPPERS["Claim"] == (map_preauth_claim, map_claim)
     assert map_preauth_claim in MAPPERS["Claim"]
     assert map_preauth_response in MAPPERS["ClaimResponse"]
     assert set(TARGET_TABLES["Claim"]) >= {"prior_auth_request", "prior_auth_request_item"}
@@ -96,7 +98,8 @@ def test_every_official_example_maps_or_is_rejected_with_a_reason() -> None:
 
 
 def _payer_tables() -> set[str]:
-    return {t for tables in payer.TARGET_TABLES.values() for t in tables}
+    payer_types = ("Coverage", "CoverageEligibilityResponse", "Claim", "ClaimResponse")
+    return {t for rt in payer_types for t in TARGET_TABLES[rt] if not t.startswith(("claim", "denial"))}
 
 
 # -- Coverage -> eligibility --------------------------------------------------------------------------
