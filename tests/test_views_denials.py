@@ -216,3 +216,15 @@ def test_decision_entered_in_error_is_not_counted(engine: Engine) -> None:
     assert _rows(engine, "SELECT * FROM v_denial_status") == []
     assert _rows(engine, "SELECT * FROM v_denials_by_reason") == []
     assert _rows(engine, "SELECT * FROM v_clean_claim_rate") == []
+
+
+def test_counted_decisions_are_the_rule_the_views_were_created_with() -> None:
+    # claim_decisions spells out migration 0004's SQL (a migration is frozen history and is not imported
+    # at run time); the metrics and the report count what the views count only while the two agree.
+    import importlib
+
+    from connector.warehouse import claim_decisions
+
+    revision = importlib.import_module("connector.warehouse.migrations.versions.0004_claim_facts")
+    assert claim_decisions.COUNTED_DECISIONS == revision._EFFECTIVE
+    assert claim_decisions.ADJUDICATED_OUTCOMES == revision._ADJUDICATED
