@@ -23,9 +23,6 @@ from sqlalchemy.engine import Connection, Engine
 
 from connector.errors import WarehouseError
 
-#: The revision `migrate` brings the schema to; a test checks it is the head of the migration scripts.
-HEAD_REVISION = "0008"
-
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 #: Milliseconds a SQLite writer waits for another writer's lock before failing.

@@ -9,11 +9,18 @@ The schema is created by Alembic (`migrations/versions/`), never by `create_all`
 migrations and these models agree.
 """
 
+import importlib
+import pkgutil
+
 from connector.warehouse.models import claims, payer, pushback, referrals
 from connector.warehouse.models.base import NAMING_CONVENTION, Base, JSONType, UTCDateTime
 from connector.warehouse.models.core import DeadLetter, RawResource, SyncRun, SyncState
 from connector.warehouse.models.pushback import Acknowledgment, Outbox
 from connector.warehouse.models.referrals import Referral
+
+# Every module of this package is a subject's tables: import them all, so a new one registers by existing.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "NAMING_CONVENTION",
