@@ -17,6 +17,7 @@ from typing import Literal
 from mappings.adjudication import map_adjudication
 from mappings.claim import map_claim
 from mappings.eligibility import map_coverage, map_eligibility_response
+from mappings.patient import map_patient
 from mappings.prior_auth import map_preauth_claim, map_preauth_response
 from mappings.referral import map_appointment, map_encounter, map_referral_source, map_service_request
 from mappings.types import Mapper
@@ -227,6 +228,18 @@ SPECS: tuple[ResourceSpec, ...] = (
         read_elements=("type", "name", "_name", "partOf", "identifier", "active", "_active"),
         mappers=(map_referral_source,),
         tables=("referral_source",),
+    ),
+    # mappings.patient: demographics without names, addresses or full birth dates; not synced by default.
+    ResourceSpec(
+        "Patient",
+        read_elements=(
+            "active", "_active", "gender", "_gender", "birthDate", "_birthDate", "deceasedBoolean",
+            "_deceasedBoolean", "deceasedDateTime", "_deceasedDateTime", "communication",
+            "managingOrganization",
+        ),
+        required_codes=MappingProxyType({"gender": _codes("male female other unknown")}),
+        mappers=(map_patient,),
+        tables=("patient",),
     ),
     # Written by push-back: validated before they are sent.
     ResourceSpec(
