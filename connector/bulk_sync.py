@@ -52,6 +52,7 @@ from connector.pipeline import StreamResult, run_stream
 from connector.streams import Plan
 from connector.warehouse import bulk_state, state
 from connector.warehouse.writer import PageWrite, Reject, write_page
+from mappings.elements import object_at
 from mappings.fhir_ids import ID_PATTERN, REFERENCE_TAIL_RE, TYPE_PATTERN
 
 log = logging.getLogger(__name__)
@@ -521,9 +522,9 @@ def failed_types(outcome: dict[str, Any], file_path: str, types: Sequence[str]) 
     issues = [i for i in outcome.get("issue") or [] if isinstance(i, dict)]
     if issues and not any(i.get("severity", "error") in _FAILING_SEVERITIES for i in issues):
         return []
-    texts = [file_path]
+    texts: list[Any] = [file_path]
     for issue in issues:
-        details = issue.get("details") if isinstance(issue.get("details"), dict) else {}
+        details = object_at(issue, "details")
         texts += [issue.get("diagnostics"), details.get("text")]
         texts += [c.get("code") for c in details.get("coding") or [] if isinstance(c, dict)]
         texts += list(issue.get("expression") or []) + list(issue.get("location") or [])
@@ -535,7 +536,7 @@ def failed_types(outcome: dict[str, Any], file_path: str, types: Sequence[str]) 
 
 
 def _bundle_time(bundle: dict[str, Any]) -> datetime | None:
-    meta = bundle.get("meta") if isinstance(bundle.get("meta"), dict) else {}
+    meta = object_at(bundle, "meta")
     text = meta.get("lastUpdated")
     if not isinstance(text, str):
         return None

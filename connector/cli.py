@@ -7,15 +7,16 @@ machine-readable output. Nothing printed here contains resource content or secre
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources as package_files
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import orjson
 import typer
@@ -27,6 +28,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from connector import progress as progress_events
 from connector.config import EXAMPLE_CONFIG, Settings, config_path, load_settings, quiet_third_party_logs
 from connector.errors import ConnectorError, MappingError
+
+if TYPE_CHECKING:
+    from prefect import State  # imported lazily at run time: Prefect takes a second to load
 
 app = typer.Typer(
     name="connector",
@@ -185,8 +189,9 @@ def _run_sync(
     run_id = str(uuid.uuid4())
     started = time.monotonic()
     with _progress(not json_out):
-        flow_state = asyncio.run(
-            sync_all(
+        # Prefect types a flow called with return_state=True as an Awaitable, not the coroutine it is.
+        flow_state: State[Any] = asyncio.run(
+            sync_all(  # type: ignore[arg-type]
                 str(settings.source_file),
                 endpoints or None,
                 resources or None,
@@ -218,7 +223,8 @@ def _streams_seconds(rows: list[dict[str, Any]]) -> float | None:
     ]
     if not spans:
         return None
-    return round((max(end for _, end in spans) - min(start for start, _ in spans)).total_seconds(), 3)
+    span: timedelta = max(end for _, end in spans) - min(start for start, _ in spans)
+    return round(span.total_seconds(), 3)
 
 
 def _summary_table(rows: list[dict[str, Any]]) -> Table:
@@ -632,7 +638,7 @@ def report(
 
     settings = _guard(lambda: load_settings(config))
     for name in endpoint or []:
-        _guard(lambda name=name: settings.endpoint(name))
+        _guard(functools.partial(settings.endpoint, name))
 
     def _go() -> Any:
         engine = make_engine(settings.warehouse.url)

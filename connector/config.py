@@ -28,6 +28,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from connector.errors import ConfigError
 from mappings.fhir_ids import ID_PATTERN
@@ -577,7 +578,7 @@ def _format_location(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
     return ".".join(parts) or "(top level)"
 
 
-def _error_message(error: dict[str, Any]) -> str:
+def _error_message(error: ErrorDetails) -> str:
     kind = error.get("type", "")
     if kind == "extra_forbidden":
         return "unknown key"

@@ -161,9 +161,8 @@ def _cursor(resource: dict[str, Any], date_element: str | None) -> tuple[str, da
 
 
 def _reject_id(resource: Any) -> str | None:
-    if isinstance(resource, dict) and isinstance(resource.get("id"), str):
-        return resource["id"][:64]
-    return None
+    rid = resource.get("id") if isinstance(resource, dict) else None
+    return rid[:64] if isinstance(rid, str) else None
 
 
 def _reject_payload(resource: Any) -> dict[str, Any]:

@@ -4,7 +4,7 @@ one stream is searched on one endpoint."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from connector.config import EndpointSettings
 from connector.errors import ConfigError
@@ -59,7 +59,7 @@ class Plan:
         return DATE_PARAM_ELEMENTS.get((self.resource_type, self.date_param))
 
 
-def plan_stream(endpoint: EndpointSettings, stream: Stream, capability: dict | None) -> Plan:
+def plan_stream(endpoint: EndpointSettings, stream: Stream, capability: dict[str, Any] | None) -> Plan:
     """Choose the incremental mode: `_lastUpdated`, a date parameter, or a full crawl upserting by version."""
     plan = _choose_mode(endpoint, stream, capability)
     if endpoint.is_server and stream.includes:
@@ -67,7 +67,7 @@ def plan_stream(endpoint: EndpointSettings, stream: Stream, capability: dict | N
     return plan
 
 
-def _choose_mode(endpoint: EndpointSettings, stream: Stream, capability: dict | None) -> Plan:
+def _choose_mode(endpoint: EndpointSettings, stream: Stream, capability: dict[str, Any] | None) -> Plan:
     rt = stream.resource_type
     if not endpoint.is_server:
         return Plan(rt, "ndjson", None, "NDJSON folder: every file is read, upserts keep the newest version")

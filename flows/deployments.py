@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from prefect.deployments.runner import RunnerDeployment
+from prefect.types.entrypoint import EntrypointType
 
 from connector.config import Settings
 from flows.sync import sync_endpoint
@@ -24,7 +25,7 @@ def endpoint_deployments(
 ) -> list[RunnerDeployment]:
     """A deployment per enabled endpoint, named after it; endpoints without `schedule` run on demand."""
     path = str(Path(config_path).resolve())
-    deployments = []
+    deployments: list[Any] = []
     for endpoint in settings.endpoints:
         if not endpoint.enabled:
             continue
@@ -32,6 +33,7 @@ def endpoint_deployments(
         if module_entrypoint:
             # Workers import `flows.sync` from the installed package instead of a copy of the source tree.
             options["entrypoint_type"] = EntrypointType.MODULE_PATH
+        # `to_deployment` is sync-or-async by caller (Prefect's sync_compatible); called here, it is sync.
         deployments.append(
             sync_endpoint.to_deployment(
                 name=endpoint.name,

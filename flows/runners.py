@@ -17,8 +17,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from prefect import Task
-from prefect.states import State
+from prefect import State, Task
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
 from connector.config import RuntimeSettings
@@ -32,7 +31,7 @@ def build_task_runner(runtime: RuntimeSettings, parallel: int) -> TaskRunner[Any
         return ProcessPoolTaskRunner(max_workers=parallel)
     if runtime.task_runner == "dask":
         # Imported here: dask is only loaded by runs that use it.
-        from prefect_dask import DaskTaskRunner
+        from prefect_dask.task_runners import DaskTaskRunner
 
         if runtime.dask_address:
             return DaskTaskRunner(address=runtime.dask_address)
@@ -63,7 +62,8 @@ async def _submitted(runner: TaskRunner[Any], task: Task[..., Any], job: Any) ->
     future = runner.submit(task, {"job": job})
     # PrefectFuture.wait blocks: wait in a thread so the flow's event loop keeps going.
     await asyncio.to_thread(future.wait)
-    return future.state
+    state: State[Any] = future.state
+    return state
 
 
 async def run_bounded(

@@ -242,7 +242,9 @@ async def _bulk_round(
     A stream the export skipped (the server does not offer its type) is not a failure.
     """
     types = with_directory(resource_types)  # $export has no _include: the referral sources come along
-    task_state = await bulk_backfill(
+    # With return_state=True a task called in an async flow is awaited for its State; Prefect's types
+    # say it returns the State itself.
+    task_state = await bulk_backfill(  # type: ignore[misc]
         config_path, endpoint_name, types, run_id, synced_at, capability, return_state=True
     )
     if not task_state.is_completed():
@@ -359,7 +361,7 @@ async def sync_endpoint(
                 failures.extend(await _sweep_deletions(client, engine, endpoint.name, sweeps))
             run = EndpointRun(settings, endpoint, engine, client, ndjson, run_id, synced_at, full_refresh)
             if endpoint.pushes and settings.push_target(endpoint) is not None:
-                push_state = await push_back(run, return_state=True)
+                push_state = await push_back(run, return_state=True)  # type: ignore[misc]
                 if not push_state.is_completed():
                     failures.append(f"push: {await push_state.aresult(raise_on_failure=False)}")
             elif endpoint.pushes:

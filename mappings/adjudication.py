@@ -28,7 +28,14 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from mappings.elements import coding, parse_fhir_datetime, reference, reference_and_type, resource_meta
+from mappings.elements import (
+    coding,
+    object_at,
+    parse_fhir_datetime,
+    reference,
+    reference_and_type,
+    resource_meta,
+)
 from mappings.errors import MappingError
 from mappings.referral import resource_hash
 from mappings.types import MapContext, MappedRecords
@@ -480,7 +487,7 @@ def _map(
     claim_key = claim_ref or (
         f"Claim?identifier={claim_identifier}" if claim_identifier else f"{rtype}/{rid}"
     )
-    payment = resource.get("payment") if isinstance(resource.get("payment"), dict) else {}
+    payment = object_at(resource, "payment")
     header = LineFacts()
     header.add(resource.get("adjudication"))
     totals = _totals(resource)
@@ -500,7 +507,7 @@ def _map(
     disposition = disposition[:_DISPOSITION_MAX] if isinstance(disposition, str) else None
     insurer = resource.get("insurer")
     payer = payer_key(insurer)
-    common = {
+    common: dict[str, Any] = {
         "endpoint": ctx.endpoint,
         "resource_type": rtype,
         "resource_id": rid,

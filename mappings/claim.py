@@ -11,7 +11,15 @@ from decimal import Decimal
 from typing import Any
 
 from mappings.adjudication import payer_key
-from mappings.elements import CPT, coding, parse_fhir_datetime, reference, reference_and_type, resource_meta
+from mappings.elements import (
+    CPT,
+    coding,
+    object_at,
+    parse_fhir_datetime,
+    reference,
+    reference_and_type,
+    resource_meta,
+)
 from mappings.errors import MappingError
 from mappings.referral import resource_hash
 from mappings.types import MapContext, MappedRecords
@@ -91,7 +99,7 @@ def _map(
     created = parse_fhir_datetime(resource.get("created"), "created")
     if created is None:  # required in R4; days-to-decision and claim months hang on it
         raise MappingError("created: missing")
-    common = {
+    common: dict[str, Any] = {
         "endpoint": ctx.endpoint,
         "resource_type": "Claim",
         "resource_id": rid,
@@ -107,8 +115,8 @@ def _map(
             raise MappingError("item.sequence: repeated")
         seen.add(seq)
         system, code, display = _procedure(item.get("productOrService"))
-        quantity = item.get("quantity") if isinstance(item.get("quantity"), dict) else {}
-        period = item.get("servicedPeriod") if isinstance(item.get("servicedPeriod"), dict) else {}
+        quantity = object_at(item, "quantity")
+        period = object_at(item, "servicedPeriod")
         serviced = item.get("servicedDate") or period.get("start")
         # Rows are filled in place, from a copy of the key columns: a {**key, ...} literal would insert every
         # column twice, and rows are built for every resource.
@@ -123,7 +131,7 @@ def _map(
         row["net_amount"] = _money(item.get("net"))
         row["serviced_date"] = parse_fhir_datetime(serviced, "item.servicedDate")
         items.append(row)
-    billable = resource.get("billablePeriod") if isinstance(resource.get("billablePeriod"), dict) else {}
+    billable = object_at(resource, "billablePeriod")
     # The claim this one replaces or corrects: relationship `prior` (or none given) first.
     related_claims = [r for r in resource.get("related") or () if reference(r.get("claim"))]
     related_claims.sort(key=lambda r: coding(r.get("relationship"))[1] not in (None, "prior"))

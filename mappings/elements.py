@@ -128,6 +128,12 @@ def _parse_general(text: str) -> datetime | str:
         return _INVALID_DATETIME
 
 
+def object_at(container: dict[str, Any], key: str) -> dict[str, Any]:
+    """`container[key]` when it is a JSON object, else an empty one (absent, null or another shape)."""
+    value = container.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def reference_type(ref: dict[str, Any] | None) -> str | None:
     """The resource type a Reference points at: `Reference.type`, else the literal reference's type."""
     if not isinstance(ref, dict):

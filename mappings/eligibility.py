@@ -21,6 +21,7 @@ from typing import Any
 
 from mappings.elements import (
     coding,
+    object_at,
     parse_fhir_datetime,
     reference,
     reference_and_type,
@@ -173,7 +174,7 @@ def _eligibility_row(resource: dict[str, Any], ctx: MapContext) -> dict[str, Any
     classes = _classes(resource)
     plan_value, plan_name = classes.get("plan", (None, None))
     group_value, group_name = classes.get("group", (None, None))
-    period = resource.get("period") if isinstance(resource.get("period"), dict) else {}
+    period = object_at(resource, "period")
     subscriber_id = resource.get("subscriberId")
     subscriber_id = subscriber_id if isinstance(subscriber_id, str) and subscriber_id.strip() else None
     # Rows are filled in place, starting from the key columns: a {**key, ...} literal would insert every

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from fhir_core.constraints import FHIR_TYPES_MAPS
@@ -57,16 +57,16 @@ _TIME_LEAP = rf"^{_CLOCK}60(\.[0-9]+)?$"
 _DECIMAL = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$"
 
 
-def _text(pattern: str) -> dict[str, Any]:
+def _text(pattern: str) -> cs.CoreSchema:
     return cs.str_schema(pattern=pattern, strict=True)
 
 
-def _number() -> dict[str, Any]:
+def _number() -> cs.CoreSchema:
     """An int (not a bool) or a float: what the parsers read as a unix timestamp."""
     return cs.union_schema([cs.int_schema(strict=True), cs.float_schema(strict=True)], mode="left_to_right")
 
 
-def _leap_second(pattern: str, parser: dict[str, Any]) -> dict[str, Any]:
+def _leap_second(pattern: str, parser: cs.CoreSchema) -> cs.CoreSchema:
     """fhir_core keeps a ":60" value as text once the same value with ":59" parses (rare: Python)."""
     validator = SchemaValidator(parser)
 
@@ -77,7 +77,7 @@ def _leap_second(pattern: str, parser: dict[str, Any]) -> dict[str, Any]:
     return cs.chain_schema([_text(pattern), cs.no_info_plain_validator_function(check)])
 
 
-def _one_of(kind: str, *choices: dict[str, Any]) -> dict[str, Any]:
+def _one_of(kind: str, *choices: cs.CoreSchema) -> cs.CoreSchema:
     return cs.union_schema(
         list(choices),
         mode="left_to_right",
@@ -86,7 +86,7 @@ def _one_of(kind: str, *choices: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def _date() -> dict[str, Any]:
+def _date() -> cs.CoreSchema:
     return _one_of(
         "date",
         _text(_PARTIAL_DATE),
@@ -95,7 +95,7 @@ def _date() -> dict[str, Any]:
     )
 
 
-def _datetime() -> dict[str, Any]:
+def _datetime() -> cs.CoreSchema:
     return _one_of(
         "dateTime",
         _text(_PARTIAL_DATE),
@@ -105,7 +105,7 @@ def _datetime() -> dict[str, Any]:
     )
 
 
-def _instant() -> dict[str, Any]:
+def _instant() -> cs.CoreSchema:
     return _one_of(
         "instant",
         cs.chain_schema([_text(_INSTANT), cs.datetime_schema()]),
@@ -114,7 +114,7 @@ def _instant() -> dict[str, Any]:
     )
 
 
-def _time() -> dict[str, Any]:
+def _time() -> cs.CoreSchema:
     return _one_of(
         "time",
         cs.chain_schema([_text(_TIME), cs.time_schema()]),
@@ -123,7 +123,7 @@ def _time() -> dict[str, Any]:
     )
 
 
-def _decimal() -> dict[str, Any]:
+def _decimal() -> cs.CoreSchema:
     # fhir_core: str(value) must match the decimal regex, then Decimal(value); so ints of any size, finite
     # floats and decimal text pass, bools ("True") and nan / inf do not.
     return _one_of(
@@ -134,12 +134,12 @@ def _decimal() -> dict[str, Any]:
     )
 
 
-def _url() -> dict[str, Any]:
+def _url() -> cs.CoreSchema:
     # fhir_core's url accepts any string; anything else ends in an AttributeError there.
     return cs.str_schema()
 
 
-_NATIVE_PRIMITIVES: dict[str, Callable[[], dict[str, Any]]] = {
+_NATIVE_PRIMITIVES: dict[str, Callable[[], cs.CoreSchema]] = {
     "Date._validate": _date,
     "DateTime._validate": _datetime,
     "Instant._validate": _instant,
@@ -245,17 +245,17 @@ class _Compiler:
     """Builds the F / S / U definitions of R4B models, on demand, and validators from them."""
 
     def __init__(self) -> None:
-        self.definitions: dict[str, dict[str, Any]] = {}
+        self.definitions: dict[str, cs.CoreSchema] = {}
         self._dependencies: dict[str, set[str]] = {}
         self._building: list[str] = []
         self._lock = threading.RLock()  # validators are built lazily, maybe from several threads
 
-    def validator(self, schema_builder: Callable[[], dict[str, Any]], name: str) -> SchemaValidator:
+    def validator(self, schema_builder: Callable[[], cs.CoreSchema], name: str) -> SchemaValidator:
         """A validator of the schema `schema_builder` returns, with every definition it reaches."""
         with self._lock:
             return self._validator(schema_builder, name)
 
-    def _validator(self, schema_builder: Callable[[], dict[str, Any]], name: str) -> SchemaValidator:
+    def _validator(self, schema_builder: Callable[[], cs.CoreSchema], name: str) -> SchemaValidator:
         schema = self._define(name, schema_builder)
         needed: set[str] = set()
         stack = [name]
@@ -264,41 +264,43 @@ class _Compiler:
                 if dep not in needed:
                     needed.add(dep)
                     stack.append(dep)
-        definitions = [{**self.definitions[dep], "ref": dep} for dep in sorted(needed)]
+        definitions: list[cs.CoreSchema] = [
+            cast(cs.CoreSchema, {**self.definitions[dep], "ref": dep}) for dep in sorted(needed)
+        ]
         return SchemaValidator(cs.definitions_schema(schema, definitions))
 
     def root(self, model: type[FHIRAbstractModel], keys: frozenset[str]) -> SchemaValidator:
         """The validator of a projected resource: `model` restricted to the top-level elements `keys`."""
 
-        def union() -> dict[str, Any]:
+        def union() -> cs.CoreSchema:
             fast = self._typed_dict(model, fast=True, keys=keys)
             full = self._typed_dict(model, fast=False, keys=keys)
             return cs.union_schema([(fast, _FAST), (full, _FULL)], mode="left_to_right")
 
         return self.validator(union, f"root:{_key(model)}")
 
-    def union_ref(self, model: type[FHIRAbstractModel]) -> dict[str, Any]:
-        def union() -> dict[str, Any]:
+    def union_ref(self, model: type[FHIRAbstractModel]) -> cs.CoreSchema:
+        def union() -> cs.CoreSchema:
             return cs.union_schema(
                 [(self._fast_ref(model), _FAST), (self._full_ref(model), _FULL)], mode="left_to_right"
             )
 
         return self._ref(f"U:{_key(model)}", union)
 
-    def _fast_ref(self, model: type[FHIRAbstractModel]) -> dict[str, Any]:
+    def _fast_ref(self, model: type[FHIRAbstractModel]) -> cs.CoreSchema:
         return self._ref(f"F:{_key(model)}", lambda: self._typed_dict(model, fast=True))
 
-    def _full_ref(self, model: type[FHIRAbstractModel]) -> dict[str, Any]:
+    def _full_ref(self, model: type[FHIRAbstractModel]) -> cs.CoreSchema:
         return self._ref(f"S:{_key(model)}", lambda: self._typed_dict(model, fast=False))
 
-    def _ref(self, name: str, builder: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def _ref(self, name: str, builder: Callable[[], cs.CoreSchema]) -> cs.CoreSchema:
         if name not in self._dependencies:  # else built, or being built (a recursive type)
             self.definitions[name] = self._define(name, builder)
         elif self._building:
             self._dependencies[self._building[-1]].add(name)
         return cs.definition_reference_schema(name)
 
-    def _define(self, name: str, builder: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def _define(self, name: str, builder: Callable[[], cs.CoreSchema]) -> cs.CoreSchema:
         """`builder()`, recording the definitions it refers to as the dependencies of `name`."""
         if self._building:
             self._dependencies[self._building[-1]].add(name)
@@ -311,7 +313,7 @@ class _Compiler:
 
     def _typed_dict(
         self, model: type[FHIRAbstractModel], *, fast: bool, keys: frozenset[str] | None = None
-    ) -> dict[str, Any]:
+    ) -> cs.CoreSchema:
         rules = _rules(model)
         required_primitives = {field_name for _, field_name, _ in rules.required}
         fields: dict[str, Any] = {}
@@ -335,7 +337,7 @@ class _Compiler:
             fields["resource_type"] = cs.typed_dict_field(
                 cs.with_info_plain_validator_function(_resource_type_check(rtype)), required=False
             )
-        schema: dict[str, Any] = cs.typed_dict_schema(
+        schema: cs.CoreSchema = cs.typed_dict_schema(
             fields,
             extra_behavior="forbid",
             # R4B takes a field's Python name for its element name too (`class_fhir`, `status__ext`).
@@ -348,7 +350,7 @@ class _Compiler:
             schema = cs.no_info_before_validator_function(_primitive_extension_check, schema)
         return schema
 
-    def _value(self, node: dict[str, Any], *, fast: bool, complex_list: bool = False) -> dict[str, Any]:
+    def _value(self, node: dict[str, Any], *, fast: bool, complex_list: bool = False) -> cs.CoreSchema:
         """R4B's schema of a value, with complex elements and slow primitives replaced."""
         kind = node["type"]
         target = _fhir_base_target(node)
@@ -370,7 +372,7 @@ class _Compiler:
                 return native()
         return node  # R4B's own schema: a pattern, bounds, a lax bool or int, a uuid, base64 bytes
 
-    def _complex(self, base: type[FhirBase], model: type[FHIRAbstractModel], *, fast: bool) -> dict[str, Any]:
+    def _complex(self, base: type[FhirBase], model: type[FHIRAbstractModel], *, fast: bool) -> cs.CoreSchema:
         """A nested element: an object, or (R4B parses it) a JSON string of one; null passes (R4B)."""
         if issubclass(base, FhirElementOrResourceBase):
             return cs.nullable_schema(cs.no_info_plain_validator_function(_any_resource_check(base, model)))
@@ -390,7 +392,7 @@ def _plain(node: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in node.items() if k not in ("metadata", "serialization", "ref")}
 
 
-def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+def _not_null(schema: cs.CoreSchema) -> cs.CoreSchema:
     return schema["schema"] if schema["type"] == "nullable" else schema
 
 
@@ -498,7 +500,9 @@ def _any_resource_check(base: type[FhirBase], model: type[FHIRAbstractModel]) ->
 
 @cache
 def _import_model(path: str) -> type[FHIRAbstractModel]:
-    return import_string(path)  # ~20 µs a call uncached; the paths are R4B's own (a bounded set)
+    # ~20 µs a call uncached; the paths are R4B's own (a bounded set)
+    model: type[FHIRAbstractModel] = import_string(path)
+    return model
 
 
 _COMPILER = _Compiler()

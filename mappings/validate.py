@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
+from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from pydantic import ValidationError
 
 from mappings.errors import MappingError
@@ -40,14 +41,14 @@ REQUIRED_CODES: dict[str, Mapping[str, frozenset[str]]] = {
 
 
 @cache
-def _model_class(resource_type: str) -> type[Any] | None:
+def _model_class(resource_type: str) -> type[FHIRAbstractModel] | None:
     """The R4B model class for a resource type, imported on first use (importing all is slow)."""
     try:
         module = importlib.import_module(f"fhir.resources.R4B.{resource_type.lower()}")
     except ImportError:
         return None
     model = getattr(module, resource_type, None)
-    return model if isinstance(model, type) else None
+    return model if isinstance(model, type) and issubclass(model, FHIRAbstractModel) else None
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 from pydantic_core import SchemaValidator, ValidationError
 
@@ -134,8 +134,9 @@ def validate_mapped(resource: dict[str, Any], whole_json: bytes | None = None) -
         problems = _problems(projected, exc)
     except (ValueError, TypeError, LookupError, AttributeError) as exc:  # as `validate`: invalid input
         problems = [f"<root>: {type(exc).__name__}"]
-    problems += _check_required_codes(projected, rtype)
-    raise_problems(resource, rtype, problems)
+    known = cast(str, rtype)  # a str: _PREPARED holds only str keys, and _prepare raises otherwise
+    problems += _check_required_codes(projected, known)
+    raise_problems(resource, known, problems)
 
 
 #: Per known resource type (filled on first use): its projected keys and the validator of its projection.

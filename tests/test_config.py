@@ -58,7 +58,7 @@ def test_several_endpoints_and_relative_ndjson_dir(tmp_path: Path) -> None:
     [
         ('colour = "blue"', "endpoints['clinic-emr'].colour: unknown key"),
         ('schedule = "every monday"', "endpoints['clinic-emr'].schedule: 'every monday' is not a valid cron"),
-        ('resources = ["Patient"]', "endpoints['clinic-emr'].resources: unsupported resource type Patient"),
+        ('resources = ["Patients"]', "endpoints['clinic-emr'].resources: unsupported resource type Patients"),
         ("page_size = 0", "endpoints['clinic-emr'].page_size"),
     ],
 )

@@ -24,7 +24,7 @@ import hashlib
 import logging
 import re
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -208,7 +208,7 @@ def _files(data: dict[str, Any], key: str, base_url: str) -> tuple[ExportFile, .
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("url"), str):
             raise BulkExportError(f"an entry of the export manifest's {key} has no url")
-        kind = item.get("type") if isinstance(item.get("type"), str) else ""
+        kind = item["type"] if isinstance(item.get("type"), str) else ""
         count = item.get("count") if isinstance(item.get("count"), int) else None
         files.append(ExportFile(kind, str(resolve(base_url, item["url"])), count))
     return tuple(files)
@@ -531,7 +531,7 @@ async def bulk_pages(
     page_size: int,
     requires_token: bool,
     check_count: bool = True,
-) -> AsyncIterator[NdjsonPage]:
+) -> AsyncGenerator[NdjsonPage, None]:
     """The pages of `resource_type` in `files`: each file is downloaded whole, then read `page_size` lines
     at a time by the NDJSON reader (lines that are not JSON become `bad_lines`, i.e. dead letters).
 

@@ -96,7 +96,7 @@ def _declares_export(operations: Any, level: str) -> bool:
     for op in operations or []:
         if not isinstance(op, dict):
             continue
-        definition = op.get("definition") if isinstance(op.get("definition"), str) else ""
+        definition = op["definition"] if isinstance(op.get("definition"), str) else ""
         if op.get("name") in ("export", name) or definition.split("|")[0].endswith(definition_suffix):
             return True
     return False

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from functools import cache
 from types import TracebackType
@@ -115,7 +115,7 @@ class FhirClient:
 
     # -- public API ------------------------------------------------------------------------------------
 
-    async def capabilities(self) -> dict:
+    async def capabilities(self) -> dict[str, Any]:
         """GET [base]/metadata: the server's CapabilityStatement."""
         url = httpx.URL(f"{self.base_url}/metadata")
         response = await self._with_retries("GET", url)
@@ -132,7 +132,7 @@ class FhirClient:
 
     async def search(
         self, resource_type: str, params: Params, *, defer_entries: bool = False
-    ) -> AsyncIterator[Page]:
+    ) -> AsyncGenerator[Page, None]:
         """GET [base]/{type}?params, then follow Bundle.link[next] verbatim, one Page at a time.
 
         `_count` is set from `page_size` unless the caller gave one. With `defer_entries`, pages keep
@@ -186,14 +186,17 @@ class FhirClient:
         """
         url = self._absolute(url_or_path)
         if params is not None:
-            url = url.copy_merge_params(params)
+            url = url.copy_merge_params(params if isinstance(params, Mapping) else list(params))
         send_headers = dict(headers or {})
         content: bytes | None = None
         if json is not None:
             content = orjson.dumps(json)
             if not any(k.lower() == "content-type" for k in send_headers):
                 send_headers["Content-Type"] = FHIR_JSON
-        return await self._with_retries(method.upper(), url, content=content, headers=send_headers)
+        response: httpx.Response = await self._with_retries(
+            method.upper(), url, content=content, headers=send_headers
+        )
+        return response
 
     async def send(
         self,

@@ -20,6 +20,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from connector.config import RetrySettings
 from connector.errors import AuthError, FatalFhirError, TransientFhirError
+from mappings.elements import object_at
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def outcome_text(body: bytes) -> str | None:
     for issue in data.get("issue") or []:
         if not isinstance(issue, dict):
             continue
-        details = issue.get("details") if isinstance(issue.get("details"), dict) else {}
+        details = object_at(issue, "details")
         candidates = [issue.get("diagnostics"), details.get("text")]
         candidates += [c.get("display") for c in details.get("coding") or [] if isinstance(c, dict)]
         for text in candidates:
@@ -162,7 +163,7 @@ def build_retrying(
         logger.warning(
             "%s: %s, retrying in %.1fs (attempt %d of %d)",
             what,
-            f"HTTP {status}" if status is not None else type(exc.__cause__ or exc).__name__,
+            f"HTTP {status}" if status is not None or exc is None else type(exc.__cause__ or exc).__name__,
             state.upcoming_sleep,
             state.attempt_number,
             settings.max_attempts,

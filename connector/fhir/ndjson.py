@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import re
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -115,7 +115,7 @@ class NdjsonSource:
                 if resource.get("resourceType") == resource_type:
                     yield resource
 
-    async def pages(self, resource_type: str) -> AsyncIterator[NdjsonPage]:
+    async def pages(self, resource_type: str) -> AsyncGenerator[NdjsonPage, None]:
         resources: list[dict[str, Any]] = []
         bad: list[BadLine] = []
         number = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -10,15 +11,15 @@ class Page:
     """One searchset Bundle, already separated by `entry.search.mode`."""
 
     #: Entries whose search.mode is "match" or absent: the resources the search asked for.
-    resources: list[dict]
+    resources: list[dict[str, Any]]
     #: Entries with search.mode == "include" (`_include` / `_revinclude` targets).
-    included: list[dict]
+    included: list[dict[str, Any]]
     #: Bundle.meta.lastUpdated exactly as the server sent it (used as a watermark candidate).
     bundle_last_updated: str | None
     #: 1-based page number within the search.
     number: int
     #: OperationOutcome entries with search.mode == "outcome": server warnings about the search.
-    outcomes: list[dict] = field(default_factory=list)
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
     #: The Bundle as the server sent it, when its entries are left unparsed (`resources`, `included` and
     #: `outcomes` are then empty and `deferred_counts` counts them): a mapping worker parses them, so a
     #: page is parsed once, not here and again there. `paging.with_entries` parses them here.

@@ -234,7 +234,7 @@ def entry_texts(body: bytes, *, number: int) -> tuple[Sequence[Any], list[Any]]:
 
 def split_page(bundle: dict[str, Any], *, number: int) -> Page:
     """Separate a searchset Bundle's entries by search.mode (match / include / outcome)."""
-    sorted_entries: tuple[list[dict], list[dict], list[dict]] = ([], [], [])
+    sorted_entries: tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]] = ([], [], [])
     for entry in _entries(bundle):
         kind = _entry_kind(entry)
         if kind is not None:

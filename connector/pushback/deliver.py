@@ -74,7 +74,8 @@ def _resource_type_support(cap: dict[str, Any], rtype: str) -> dict[str, Any]:
     for rest in cap.get("rest") or []:
         for resource in rest.get("resource") or []:
             if resource.get("type") == rtype:
-                return resource
+                found: dict[str, Any] = resource
+                return found
     return {}
 
 

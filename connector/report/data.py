@@ -258,7 +258,7 @@ def _sources(conn: Connection, endpoints: Sequence[str] | None) -> list[dict[str
         "incomplete_intake_share FROM v_referral_sources",
         endpoints,
     )
-    out = [
+    out: list[dict[str, Any]] = [
         {
             "endpoint": r["endpoint"],
             "source": r["source"] or "unknown",
@@ -292,7 +292,7 @@ def _eligibility(conn: Connection, period: Period, endpoints: Sequence[str] | No
             # Summed over endpoints and the rate recomputed: rates themselves do not add up.
             per_month[month][0] += _int(r["patients_with_first_visit"])
             per_month[month][1] += _int(r["verified_before_visit"])
-    months = [
+    months: list[dict[str, Any]] = [
         {"month": m, "patients": p, "verified": v, "rate": _rate(v, p)}
         for m, (p, v) in sorted(per_month.items())
     ]
@@ -404,7 +404,7 @@ def _denials(
         cat_lines[r["category"]] += _int(r["denied_lines"])
         cat_amount[r["category"]] += _num(r["denied_amount"]) or 0.0
     total_lines = sum(adjudicated.values())
-    by_payer = [
+    by_payer: list[dict[str, Any]] = [
         {
             "payer": names.get(key, key),
             "adjudicated_lines": adjudicated[key],
@@ -415,7 +415,7 @@ def _denials(
         for key in set(adjudicated) | set(denied)
     ]
     by_payer.sort(key=lambda p: (-p["adjudicated_lines"], p["payer"]))
-    by_category = [
+    by_category: list[dict[str, Any]] = [
         {
             "category": cat,
             "denied_lines": n,
@@ -434,7 +434,7 @@ def _denials(
         if _day(r["month"]) in wanted:
             clean[r["payer"]][0] += _int(r["adjudicated_claims"])
             clean[r["payer"]][1] += _int(r["clean_claims"])
-    clean_rows = [
+    clean_rows: list[dict[str, Any]] = [
         {
             "payer": names.get(k, k),
             "adjudicated_claims": a,
@@ -463,7 +463,7 @@ def _queue(conn: Connection, endpoints: Sequence[str] | None) -> dict[str, Any]:
         conn, "SELECT endpoint, status, category, denied_amount, age_days FROM v_denial_queue", endpoints
     )
     ages = [_int(r["age_days"]) for r in rows]
-    buckets = []
+    buckets: list[dict[str, Any]] = []
     lower = 0
     for label, upper in QUEUE_AGE_BUCKETS:
         inside = [
@@ -486,7 +486,7 @@ def _queue(conn: Connection, endpoints: Sequence[str] | None) -> dict[str, Any]:
         entry[0] += 1
         entry[1] += _num(r["denied_amount"]) or 0.0
         entry[2] = max(entry[2], _int(r["age_days"]))
-    by_category = [
+    by_category: list[dict[str, Any]] = [
         {"category": c, "lines": n, "amount": round(a, 2), "oldest_days": o}
         for c, (n, a, o) in per_category.items()
     ]
@@ -513,7 +513,7 @@ def _payer_mix(
         per[r["payer_key"]][0] += _int(r["active_coverages"])
         per[r["payer_key"]][1] += _int(r["patients"])
     total = sum(c for c, _ in per.values())
-    out = [
+    out: list[dict[str, Any]] = [
         {"payer": names.get(k, k), "active_coverages": c, "patients": p, "share": _rate(c, total)}
         for k, (c, p) in per.items()
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -112,7 +113,9 @@ def save_kickoff(
             )
 
 
-def _export_rows(conn: Connection, endpoint: str, status_url: str, *, lock: bool = False) -> list[sa.Row]:
+def _export_rows(
+    conn: Connection, endpoint: str, status_url: str, *, lock: bool = False
+) -> list[sa.Row[Any]]:
     query = sa.select(_STATE).where(_STATE.c.endpoint == endpoint, _STATE.c.bulk_status_url == status_url)
     if lock:
         # Parallel file tasks update the same row: PostgreSQL must not lose one of two appends.

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import psycopg
@@ -24,10 +24,14 @@ from psycopg.abc import Buffer
 from psycopg.adapt import Dumper, PyFormat
 from psycopg.pq import Format
 from psycopg.types.numeric import NumericBinaryDumper
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from connector.warehouse.engine import insert_for
 from connector.warehouse.models.base import UTCDateTime
+
+#: For compiling PostgreSQL type names and quoting identifiers without a connection (its stub is untyped).
+_POSTGRESQL: sa.Dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
 class JsonText(str):
@@ -189,7 +193,7 @@ def _bind_values(
             column_type = table.c[names[i]].type
             for value in map(operator.itemgetter(i), values):
                 if value is not None and (type(value) is not datetime or value.utcoffset() is None):
-                    _refuse(column_type, value, conn.dialect)
+                    _refuse(cast(UTCDateTime, column_type), value, conn.dialect)
     elif times_at and conn.dialect.name == "sqlite":
         texts: dict[datetime, str] = {}  # rows share their instants (lastUpdated, the load's time)
         values = [_with_sqlite_times(table, names, row, times_at, conn.dialect, texts) for row in values]
@@ -219,7 +223,7 @@ def _with_sqlite_times(
         text = texts.get(value) if isinstance(value, datetime) else None
         if text is None:
             if not isinstance(value, datetime) or value.utcoffset() is None:
-                _refuse(table.c[names[i]].type, value, dialect)
+                _refuse(cast(UTCDateTime, table.c[names[i]].type), value, dialect)
             text = texts[value] = value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
         out[i] = text
     return tuple(out)
@@ -263,7 +267,7 @@ def _copy_statements(
     table: sa.Table, names: tuple[str, ...], returning: tuple[str, ...]
 ) -> tuple[str, str, sa.Insert]:
     stage = _stage_table(table)
-    quote = sa.dialects.postgresql.dialect().identifier_preparer.quote
+    quote = _POSTGRESQL.identifier_preparer.quote
     columns = ", ".join(f"{quote(c.name)} {_pg_type(table, c.name)}" for c in stage.columns)
     # Both in one round trip (no parameters): the staging table lives as long as the session, and is
     # emptied for each use.
@@ -285,12 +289,12 @@ def _pg_type(table: sa.Table, name: str, *, staged: bool = True) -> str:
     column_type = table.c[name].type
     if staged and isinstance(column_type, sa.JSON):
         return "text"
-    return column_type.compile(dialect=sa.dialects.postgresql.dialect())
+    return column_type.compile(dialect=_POSTGRESQL)
 
 
 @cache
 def _copy_into(table_name: str, names: tuple[str, ...]) -> str:
-    quote = sa.dialects.postgresql.dialect().identifier_preparer.quote
+    quote = _POSTGRESQL.identifier_preparer.quote
     return f"COPY {quote(table_name)} ({', '.join(quote(n) for n in names)}) FROM STDIN"
 
 
@@ -344,7 +348,8 @@ class _JsonBinaryText(Dumper):
     prefix = b""
 
     def dump(self, obj: Any) -> bytes:
-        return self.prefix + obj.encode()
+        text: str = obj
+        return self.prefix + text.encode()
 
 
 class _JsonbBinaryText(_JsonBinaryText):

@@ -273,9 +273,9 @@ def _apply_deletions(
     ]
     applied: set[tuple[Any, ...]] = set()
     for part in [rows[i : i + 500] for i in range(0, len(rows), 500)]:
-        stmt = insert_for(conn, raw).values(part)
-        excluded = stmt.excluded
-        stmt = stmt.on_conflict_do_update(
+        insert = insert_for(conn, raw).values(part)
+        excluded = insert.excluded
+        stmt = insert.on_conflict_do_update(
             index_elements=list(RESOURCE_KEY),
             # The last known payload stays, for the record; only the state changes.
             set_={

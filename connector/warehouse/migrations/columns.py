@@ -6,11 +6,13 @@ functions, never by editing what existing revisions use.
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 
-def json_type() -> sa.types.TypeEngine[object]:
+def json_type() -> sa.types.TypeEngine[Any]:
     """JSON everywhere, JSONB on PostgreSQL."""
     return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
