@@ -216,6 +216,26 @@ def test_transient_status_error_is_polled_again() -> None:
     assert fake.sleeps[1] == 15
 
 
+def test_a_failing_status_poll_waits_by_the_shared_retry_policy() -> None:
+    # One retry layer: a 429's Retry-After is capped by [retry] retry_after_cap_seconds (120 by default),
+    # as for every other request, and a 503 without one backs off by [retry]; a 202 then waits by its own Retry-After.
+    fake = FakeTime()
+    with respx.mock(assert_all_called=True) as mock:
+        route = mock.get(STATUS).mock(
+            side_effect=[
+                httpx.Response(429, headers={"Retry-After": "86400"}),
+                httpx.Response(503),
+                httpx.Response(202, headers={"Retry-After": "7"}),
+                httpx.Response(200, json=manifest([])),
+            ]
+        )
+        run_export(endpoint(), lambda ex: ex.wait_for_manifest(STATUS, started_at=T0), fake=fake)
+    assert route.call_count == 4
+    assert fake.sleeps[0] == 120
+    assert fake.sleeps[1] == 0  # the backoff of this endpoint's [retry] (0 s in these tests)
+    assert fake.sleeps[2] == 7
+
+
 def test_status_that_keeps_failing_gives_up_as_transient() -> None:
     with respx.mock(assert_all_called=True) as mock:
         route = mock.get(STATUS).respond(503)

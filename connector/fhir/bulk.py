@@ -44,7 +44,6 @@ from connector.errors import (
 from connector.fhir.client import FHIR_JSON, FhirClient
 from connector.fhir.http import (
     RETRYABLE_STATUSES,
-    backoff_seconds,
     build_retrying,
     describe,
     outcome_text,
@@ -364,7 +363,7 @@ class BulkExport:
         authenticated = self.vet_url(status_url, what="the export status URL")
         deadline = started_at + timedelta(hours=ep.bulk_deadline_hours)
         cap = ep.bulk_poll_cap_seconds
-        polls = failures = 0
+        polls = 0
         shown = describe("GET", status_url)
         while True:
             if self._now() >= deadline:
@@ -373,46 +372,41 @@ class BulkExport:
                     f"{ep.bulk_deadline_hours:g} h (bulk_deadline_hours); it is cancelled"
                 )
             polls += 1
-            progress: str | None = None
-            try:
-                response = await self.fhir.send(
-                    "GET", status_url, headers={"Accept": FHIR_JSON}, authenticated=authenticated
-                )
-                status = response.status_code
-                if status == 200:
-                    return parse_manifest(response.content, base_url=self.base_url)
-                if status == 202:
-                    failures = 0
-                    shown_progress = (response.headers.get("X-Progress") or "").strip()
-                    progress = shown_progress[:_MAX_PROGRESS_CHARS] or None
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                    wait = DEFAULT_POLL_SECONDS if retry_after is None else retry_after
-                elif status >= 400 and is_transient_status_error(status, response.content):
-                    raise TransientFhirError(
-                        f"{shown} failed",
-                        status=status,
-                        outcome=outcome_text(response.content),
-                        retry_after=parse_retry_after(response.headers.get("Retry-After")),
-                    )
-                else:
-                    self._raise_for_status(response, shown, status_url)
-                    raise BulkExportError(f"{shown} answered {status}; expected 202 or 200")
-            except TransientFhirError as exc:
-                failures += 1
-                if failures >= ep.retry.max_attempts:
-                    raise TransientFhirError(
-                        f"{shown} still failing after {failures} attempt(s)",
-                        status=exc.status,
-                        outcome=exc.outcome,
-                    ) from exc
-                wait = exc.retry_after if exc.retry_after is not None else backoff_seconds(ep.retry, failures)
-                logger.warning("%s: %s; polling again in %.0fs", ep.name, exc, min(wait, cap))
+            # A failing status URL (429, a transient 5xx, the connection) is retried by the same policy as
+            # every other request: the endpoint's [retry] settings, Retry-After honoured and capped.
+            retrying = build_retrying(ep.retry, sleep=self._sleep, what=shown)
+            response: httpx.Response = await retrying(self._poll_once, status_url, shown, authenticated)
+            status = response.status_code
+            if status == 200:
+                return parse_manifest(response.content, base_url=self.base_url)
+            if status != 202:
+                self._raise_for_status(response, shown, status_url)
+                raise BulkExportError(f"{shown} answered {status}; expected 202 or 200")
+            shown_progress = (response.headers.get("X-Progress") or "").strip()
+            progress = shown_progress[:_MAX_PROGRESS_CHARS] or None
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            wait = DEFAULT_POLL_SECONDS if retry_after is None else retry_after
             remaining = (deadline - self._now()).total_seconds()
             wait = max(0.0, min(wait, cap, remaining))
             self._report(
                 BulkStatus(ep.name, polls, progress, wait, (self._now() - started_at).total_seconds())
             )
             await self._sleep(wait)
+
+    async def _poll_once(self, status_url: str, shown: str, authenticated: bool) -> httpx.Response:
+        """One status request; an answer that means "ask again soon" raises TransientFhirError."""
+        response = await self.fhir.send(
+            "GET", status_url, headers={"Accept": FHIR_JSON}, authenticated=authenticated
+        )
+        status = response.status_code
+        if status >= 400 and is_transient_status_error(status, response.content):
+            raise TransientFhirError(
+                f"{shown} failed",
+                status=status,
+                outcome=outcome_text(response.content),
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            )
+        return response
 
     def _raise_for_status(self, response: httpx.Response, shown: str, status_url: str) -> None:
         status = response.status_code
