@@ -179,9 +179,13 @@ def _run_sync(
     json_out: bool,
 ) -> tuple[list[dict[str, Any]], str | None, float]:
     """Run the sync flow in this process: the stream summaries, the failure reason (if any), wall seconds."""
+    from connector.gc_tuning import freeze_startup_objects
     from connector.warehouse import state
     from connector.warehouse.engine import make_engine
     from flows.sync import sync_all  # Prefect is imported only by the commands that run flows.
+
+    # This process is about to sync: tune memory once, now that the heavy imports are done.
+    freeze_startup_objects()
 
     assert settings.source_file is not None
     for name in endpoints:
@@ -683,6 +687,9 @@ def serve(
     if not deployments:
         raise _fail("no enabled endpoint to serve")
     # Blocks until interrupted; schedules are paused on shutdown so no run piles up meanwhile.
+    from connector.gc_tuning import freeze_startup_objects
+
+    freeze_startup_objects()  # once for this long-lived process, after Prefect and the flows are loaded
     prefect_serve(*deployments, limit=limit, pause_on_shutdown=True)
 
 

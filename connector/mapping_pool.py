@@ -32,7 +32,7 @@ from connector.errors import ConnectorError
 from connector.fhir.ndjson import NdjsonPage
 from connector.fhir.paging import entry_texts
 from connector.gc_tuning import freeze_startup_objects
-from connector.pipeline import (
+from connector.sync.pipeline import (
     MapJob,
     MappedPage,
     PageMapper,

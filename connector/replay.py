@@ -8,7 +8,7 @@ from itertools import islice
 
 from sqlalchemy.engine import Engine
 
-from connector.pipeline import map_resources
+from connector.sync.pipeline import map_resources
 from connector.warehouse import deadletter
 from connector.warehouse.writer import PageWrite, write_page
 from mappings.types import MappingOptions

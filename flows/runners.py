@@ -14,7 +14,7 @@ being redeployed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from prefect import State, Task
@@ -48,12 +48,22 @@ def build_task_runner(runtime: RuntimeSettings, parallel: int) -> TaskRunner[Any
 
 
 async def run_tasks(
-    task: Task[..., Any], jobs: Sequence[J], runtime: RuntimeSettings, limit: int
+    task: Task[..., Any],
+    jobs: Sequence[J],
+    runtime: RuntimeSettings,
+    limit: int,
+    *,
+    local: Mapping[str, Any] | None = None,
 ) -> list[State[Any]]:
-    """Run `task(job=...)` for every job, at most `limit` at once; the final states in job order."""
+    """Run `task(job=...)` for every job, at most `limit` at once; the final states in job order.
+
+    `local`: more arguments for tasks that run on this loop (objects that do not pickle, such as an engine);
+    tasks sent to worker processes or Dask build their own.
+    """
     runner = build_task_runner(runtime, min(limit, max(len(jobs), 1)))
     if runner is None:
-        return await run_bounded(jobs, limit, lambda job: task(job=job, return_state=True))
+        extra = dict(local or {})
+        return await run_bounded(jobs, limit, lambda job: task(job=job, return_state=True, **extra))
     with runner:
         return await run_bounded(jobs, limit, lambda job: _submitted(runner, task, job))
 

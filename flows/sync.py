@@ -1,12 +1,14 @@
 """Prefect flows that sync endpoints: one flow run per endpoint, one task run per resource stream.
 
 Flow parameters are the config file path and names only: settings (with secrets) are loaded inside the
-run, so nothing sensitive reaches the Prefect API. Logs carry counts and names, never resources.
+run, so nothing sensitive reaches the Prefect API. Logs carry counts and names, never resources. The flows
+only compose: what a run does is in `connector.sync` (the plan, the stream pipeline, Bulk export,
+deletions, watermarks); tasks return typed results (`StreamResult`).
 
 Stream tasks take one picklable `StreamJob` (config path, endpoint name, plan, backfill window, run id)
 and build what they need from it, so the same code runs on the flow's event loop, in worker processes
-and on a Dask cluster (`[runtime] task_runner`). In the flow's own process a task borrows the run's
-settings and engine instead of building its own; each task opens its own FHIR client, because an
+and on a Dask cluster (`[runtime] task_runner`). On the flow's own loop a task is also handed the run's
+settings and engine (`local`) instead of building its own; each task opens its own FHIR client, because an
 httpx.AsyncClient belongs to the event loop it was opened on, and the process and Dask runners give a
 task a loop of its own.
 """
@@ -14,11 +16,12 @@ task a loop of its own.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -27,24 +30,31 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from sqlalchemy.engine import Engine
 
-from connector.bulk_sync import run_bulk_backfill, search_falls_back_to_bulk, should_use_bulk
 from connector.config import EndpointSettings, Settings, load_settings, with_directory
-from connector.errors import ConnectorError, MappingError, TransientFhirError, WarehouseError
+from connector.errors import ConnectorError, TransientFhirError, WarehouseError
 from connector.fhir.client import FhirClient
-from connector.fhir.history import deleted_since, supports_history
 from connector.fhir.ndjson import NdjsonSource
 from connector.fhir.page import Page
-from connector.gc_tuning import freeze_startup_objects
 from connector.mapping_pool import page_mapper, pages_ahead
-from connector.pipeline import StreamResult, run_stream
 from connector.pushback.run import push_round, queue_metrics
-from connector.streams import Plan, plan_stream, stream_for
-from connector.warehouse import bulk_state, state
+from connector.streams import Plan
+from connector.sync.bulk import run_bulk_backfill, search_falls_back_to_bulk
+from connector.sync.endpoint import (
+    EndpointPlan,
+    WindowOutcome,
+    advance_window_watermarks,
+    plan_endpoint,
+    sweep_deletions,
+)
+from connector.sync.pipeline import StreamResult, run_stream
+from connector.sync.windows import Window, window_params
+from connector.warehouse import state
 from connector.warehouse.engine import ensure_schema, make_engine
-from connector.warehouse.writer import PageWrite, write_page
 from flows import artifacts
 from flows.runners import run_tasks
-from flows.windows import Window, ordered_watermark, plan_windows, window_params
+
+# connector.sync logs through the standard library; Prefect shows these loggers in the run's log.
+logging.getLogger("connector").setLevel(logging.INFO)
 
 
 class StreamFailed(ConnectorError):
@@ -88,8 +98,6 @@ class StreamJob:
     run_id: str
     synced_at: datetime
     window: Window | None = None
-    #: Key of the flow's settings and engine in `_SHARED` (used when the task runs in the flow's process).
-    shared_key: str | None = None
 
     @property
     def label(self) -> str:
@@ -97,18 +105,12 @@ class StreamJob:
         return f"{rt} window {self.window.label}" if self.window else rt
 
 
-#: Settings and engine of the endpoint runs of this process, by `StreamJob.shared_key`.
-_SHARED: dict[str, tuple[Settings, Engine]] = {}
+@dataclass(frozen=True, slots=True)
+class Local:
+    """The flow's settings and engine, handed to the tasks that run on the flow's own loop."""
 
-
-def _share(key: str, resources: tuple[Settings, Engine] | None) -> None:
-    # Flows touch `_SHARED` only through here: a process-pool or Dask submission pickles the flow run
-    # context, flow function included, by value, and with it the globals the function names; an engine
-    # does not pickle. Module-level helpers are pickled by reference.
-    if resources is None:
-        _SHARED.pop(key, None)
-    else:
-        _SHARED[key] = resources
+    settings: Settings
+    engine: Engine
 
 
 def _retry_transient_only(task: Any, task_run: Any, state: Any) -> bool:
@@ -120,11 +122,11 @@ def _retry_transient_only(task: Any, task_run: Any, state: Any) -> bool:
 
 
 @asynccontextmanager
-async def _stream_resources(job: StreamJob) -> AsyncIterator[tuple[Settings, EndpointSettings, Engine]]:
-    shared = _SHARED.get(job.shared_key or "")
-    if shared is not None:
-        settings, engine = shared
-        yield settings, settings.endpoint(job.endpoint_name), engine
+async def _stream_resources(
+    job: StreamJob, local: Local | None
+) -> AsyncIterator[tuple[Settings, EndpointSettings, Engine]]:
+    if local is not None:
+        yield local.settings, local.settings.endpoint(job.endpoint_name), local.engine
         return
     # Another process (process pool, Dask worker): read the config there, so no secret is pickled.
     settings = load_settings(job.config_path)
@@ -143,10 +145,10 @@ async def _stream_resources(job: StreamJob) -> AsyncIterator[tuple[Settings, End
     retry_condition_fn=_retry_transient_only,
     cache_policy=NO_CACHE,
 )
-async def sync_stream(job: StreamJob) -> dict[str, Any]:
+async def sync_stream(job: StreamJob, local: Local | None = None) -> StreamResult:
     """Fetch → map → load one resource stream (or one backfill window of it) of one endpoint."""
     plan = job.plan
-    async with _stream_resources(job) as (settings, endpoint, engine), AsyncExitStack() as stack:
+    async with _stream_resources(job, local) as (settings, endpoint, engine), AsyncExitStack() as stack:
         pages: AsyncIterator[Page]
         incremental = False
         if endpoint.is_server:
@@ -181,7 +183,7 @@ async def sync_stream(job: StreamJob) -> dict[str, Any]:
         )
     if result.status != "succeeded":
         raise StreamFailed(result, transient=result.transient)
-    return result.as_dict()
+    return result
 
 
 @task(
@@ -209,7 +211,7 @@ async def bulk_backfill(
     run_id: str,
     synced_at: datetime,
     capability: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[StreamResult]:
     """Load the streams' first (or resumed) backfill through Bulk $export; one result per stream."""
     settings = load_settings(config_path)
     endpoint = settings.endpoint(endpoint_name)
@@ -226,7 +228,7 @@ async def bulk_backfill(
         )
     finally:
         engine.dispose()
-    return [r.as_dict() for r in results]
+    return results
 
 
 async def _bulk_round(
@@ -236,11 +238,13 @@ async def _bulk_round(
     run_id: str,
     synced_at: datetime,
     capability: dict[str, Any] | None,
-) -> tuple[list[dict[str, Any]], list[str]]:
+) -> tuple[list[StreamResult], list[str]]:
     """Run the bulk-export task for these streams: their results, and the failure reasons among them.
 
     A stream the export skipped (the server does not offer its type) is not a failure.
     """
+    if not resource_types:
+        return [], []
     types = with_directory(resource_types)  # $export has no _include: the referral sources come along
     # With return_state=True a task called in an async flow is awaited for its State; Prefect's types
     # say it returns the State itself.
@@ -249,13 +253,22 @@ async def _bulk_round(
     )
     if not task_state.is_completed():
         return [], [f"bulk export: {await task_state.aresult(raise_on_failure=False)}"]
-    results: list[dict[str, Any]] = await task_state.aresult()
+    results: list[StreamResult] = await task_state.aresult()
     failures = [
-        f"{r['resource_type']} (bulk): {r['error']}"
-        for r in results
-        if r["status"] not in ("succeeded", "skipped")
+        f"{r.resource_type} (bulk): {r.error}" for r in results if r.status not in ("succeeded", "skipped")
     ]
     return results, failures
+
+
+@dataclass(slots=True)
+class _Round:
+    """What one endpoint run collected: every stream's result and every failure's one-line reason."""
+
+    results: list[StreamResult]
+    failures: list[str]
+    windows: list[WindowOutcome]
+    #: Streams whose search the server does not offer: loaded by Bulk $export instead.
+    fallback: list[str]
 
 
 @flow(name="sync-endpoint", flow_run_name="sync-{endpoint_name}", validate_parameters=True)
@@ -271,176 +284,155 @@ async def sync_endpoint(
     Streams (and the windows of a backfill) run in parallel, at most `max_parallel_streams` at once; the
     push-back runs after all of them.
     """
-    logger = get_run_logger()
-    freeze_startup_objects()
     settings = load_settings(config_path)
     endpoint = settings.endpoint(endpoint_name)
-    runtime = settings.runtime
     wanted = [r for r in endpoint.resources if not resources or r in resources]
-    run_id = run_id or str(uuid.uuid4())
-    synced_at = datetime.now(UTC)
-    engine = make_engine(settings.warehouse.url)
-    shared_key = f"{run_id}/{endpoint_name}/{uuid.uuid4()}"
-    results: list[dict[str, Any]] = []
-    failures: list[str] = []
+    run = EndpointRun(
+        settings,
+        endpoint,
+        make_engine(settings.warehouse.url),
+        None,
+        None,
+        run_id or str(uuid.uuid4()),
+        datetime.now(UTC),
+        full_refresh,
+    )
     try:
-        ensure_schema(engine)
-        _share(shared_key, (settings, engine))
+        ensure_schema(run.engine)
         async with AsyncExitStack() as stack:
-            client = ndjson = None
-            capability = None
-            if endpoint.is_server:
-                client = await stack.enter_async_context(FhirClient(endpoint))
-                capability = await client.capabilities()
-            else:
-                assert endpoint.ndjson_dir is not None
-                ndjson = NdjsonSource(endpoint.ndjson_dir, endpoint.page_size)
-            jobs: list[StreamJob] = []
-            bulk_types: list[str] = []
-            # Streams whose deletions since their last run are read from `_history` after the run.
-            sweeps: dict[str, datetime] = {}
-            pending_export = (
-                endpoint.is_server and bulk_state.pending_export(engine, endpoint.name) is not None
-            )
-            for resource_type in wanted:
-                plan = plan_stream(endpoint, stream_for(resource_type), capability)
-                if full_refresh:
-                    state.reset_watermark(engine, endpoint.name, resource_type)
-                _, watermark_at = state.get_watermark(engine, endpoint.name, resource_type)
-                if (
-                    client is not None
-                    and watermark_at is not None
-                    and supports_history(capability or {}, resource_type)
-                ):
-                    sweeps[resource_type] = watermark_at - timedelta(seconds=endpoint.overlap_seconds)
-                if endpoint.is_server and should_use_bulk(
-                    endpoint, capability or {}, watermark_at is not None, pending=pending_export
-                ):
-                    # A first load (or a resumed export) goes through Bulk $export instead of paging.
-                    bulk_types.append(resource_type)
-                    logger.info("%s: bulk $export backfill", resource_type)
-                    continue
-                windows = await plan_windows(client, plan, endpoint, runtime, watermark_at)
-                logger.info(
-                    "%s: %s mode (%s)%s",
-                    resource_type,
-                    plan.mode,
-                    plan.reason,
-                    f", backfill in {len(windows)} windows" if windows else "",
-                )
-                base = StreamJob(config_path, endpoint.name, plan, run_id, synced_at, shared_key=shared_key)
-                if windows:
-                    jobs.extend(_with_window(base, w) for w in windows)
-                else:
-                    jobs.append(base)
-            if bulk_types:
-                done_bulk, failed_bulk = await _bulk_round(
-                    config_path, endpoint.name, bulk_types, run_id, synced_at, capability
-                )
-                results += done_bulk
-                failures += failed_bulk
-            states = await _run_jobs(jobs, endpoint.name, settings)
-            outcomes, fallback = await _collect(jobs, states, endpoint, capability, results, failures)
-            if fallback:
-                logger.warning("search not available for %s: Bulk $export instead", ", ".join(fallback))
-                for resource_type in fallback:
-                    state.replace_failed_runs(
-                        engine,
-                        run_id,
-                        endpoint.name,
-                        resource_type,
-                        "search not available: Bulk $export instead",
-                    )
-                done_bulk, failed_bulk = await _bulk_round(
-                    config_path, endpoint.name, fallback, run_id, synced_at, capability
-                )
-                results += done_bulk
-                failures += failed_bulk
-            _advance_window_watermarks(engine, outcomes)
-            if client is not None:
-                failures.extend(await _sweep_deletions(client, engine, endpoint.name, sweeps))
-            run = EndpointRun(settings, endpoint, engine, client, ndjson, run_id, synced_at, full_refresh)
-            if endpoint.pushes and settings.push_target(endpoint) is not None:
-                push_state = await push_back(run, return_state=True)  # type: ignore[misc]
-                if not push_state.is_completed():
-                    failures.append(f"push: {await push_state.aresult(raise_on_failure=False)}")
-            elif endpoint.pushes:
-                # An NDJSON folder has no server to write to: queue what would be sent (`connector push
-                # --dry-run` shows it) and leave it pending.
-                queue_metrics(engine, endpoint, run.synced_at)
-        await artifacts.publish(endpoint.name, results, failures)
+            done = await _sync_streams(config_path, run, wanted, stack)
+            done.failures += await _push(run)
+        await artifacts.publish(endpoint.name, [r.as_dict() for r in done.results], done.failures)
     finally:
-        _share(shared_key, None)
-        engine.dispose()
-    if failures:
+        run.engine.dispose()
+    if done.failures:
+        failures = done.failures
         raise EndpointFailed(f"{endpoint_name}: {len(failures)} stream(s) failed: " + "; ".join(failures))
-    return results
+    return [r.as_dict() for r in done.results]
 
 
-async def _sweep_deletions(
-    client: FhirClient, engine: Engine, endpoint_name: str, sweeps: dict[str, datetime]
-) -> list[str]:
-    """Mark deleted what the server deleted since each stream's previous run; returns failure reasons."""
-    failures: list[str] = []
-    for resource_type, since in sweeps.items():
-        try:
-            deletions = await deleted_since(client, resource_type, since)
-            if deletions:
-                write_page(engine, PageWrite(endpoint_name, resource_type, deletions=deletions))
-            get_run_logger().info("%s: %d deletion(s) in _history", resource_type, len(deletions))
-        except (ConnectorError, MappingError) as exc:
-            failures.append(f"{resource_type} deletions: {exc}")
-    return failures
+async def _sync_streams(
+    config_path: str, run: EndpointRun, wanted: list[str], stack: AsyncExitStack
+) -> _Round:
+    """Plan the endpoint, then run its export, its searches, a fallback export and the deletion sweep."""
+    endpoint = run.endpoint
+    capability = None
+    if endpoint.is_server:
+        run.client = await stack.enter_async_context(FhirClient(endpoint))
+        capability = await run.client.capabilities()
+    else:
+        assert endpoint.ndjson_dir is not None
+        run.ndjson = NdjsonSource(endpoint.ndjson_dir, endpoint.page_size)
+    plan = await plan_endpoint(
+        endpoint,
+        run.engine,
+        run.client,
+        capability,
+        run.settings.runtime,
+        wanted,
+        full_refresh=run.full_refresh,
+    )
+    _log_plan(plan)
+
+    def export(types: list[str]) -> Any:
+        return _bulk_round(config_path, endpoint.name, types, run.run_id, run.synced_at, capability)
+
+    results, failures = await export(plan.bulk)
+    jobs = [
+        StreamJob(config_path, endpoint.name, s.plan, run.run_id, run.synced_at, window=w)
+        for s in plan.searched
+        for w in (s.windows or (None,))
+    ]
+    states = await _run_jobs(jobs, Local(run.settings, run.engine))
+    done = await _collect(jobs, states, endpoint, capability)
+    done.results[:0], done.failures[:0] = results, failures
+    if done.fallback:
+        get_run_logger().warning(
+            "search not available for %s: Bulk $export instead", ", ".join(done.fallback)
+        )
+        for resource_type in done.fallback:
+            state.replace_failed_runs(
+                run.engine,
+                run.run_id,
+                endpoint.name,
+                resource_type,
+                "search not available: Bulk $export instead",
+            )
+        more, failed = await export(done.fallback)
+        done.results += more
+        done.failures += failed
+    advance_window_watermarks(run.engine, done.windows)
+    if run.client is not None:
+        done.failures += await sweep_deletions(run.client, run.engine, endpoint.name, plan.sweeps)
+    return done
+
+
+def _log_plan(plan: EndpointPlan) -> None:
+    logger = get_run_logger()
+    for resource_type in plan.bulk:
+        logger.info("%s: bulk $export backfill", resource_type)
+    for s in plan.searched:
+        windows = f", backfill in {len(s.windows)} windows" if s.windows else ""
+        logger.info("%s: %s mode (%s)%s", s.plan.resource_type, s.plan.mode, s.plan.reason, windows)
+
+
+async def _push(run: EndpointRun) -> list[str]:
+    """Push-back after the streams; the failure reasons."""
+    endpoint = run.endpoint
+    if not endpoint.pushes:
+        return []
+    if run.settings.push_target(endpoint) is None:
+        # An NDJSON folder has no server to write to: queue what would be sent (`connector push
+        # --dry-run` shows it) and leave it pending.
+        queue_metrics(run.engine, endpoint, run.synced_at)
+        return []
+    push_state = await push_back(run, return_state=True)  # type: ignore[misc]
+    if push_state.is_completed():
+        return []
+    return [f"push: {await push_state.aresult(raise_on_failure=False)}"]
 
 
 async def _collect(
-    jobs: list[StreamJob],
-    states: list[Any],
-    endpoint: EndpointSettings,
-    capability: dict[str, Any] | None,
-    results: list[dict[str, Any]],
-    failures: list[str],
-) -> tuple[list[tuple[StreamJob, dict[str, Any] | None]], list[str]]:
-    """Add the stream tasks' results and failures; returns each job with its result (None when it
-    failed), and the streams whose search the server does not offer, to load by Bulk $export instead."""
-    outcomes: list[tuple[StreamJob, dict[str, Any] | None]] = []
-    fallback: list[str] = []
+    jobs: list[StreamJob], states: list[Any], endpoint: EndpointSettings, capability: dict[str, Any] | None
+) -> _Round:
+    """The stream tasks' results and failures, the backfill windows' outcomes, and the streams whose
+    search the server does not offer (to load by Bulk $export instead)."""
+    done = _Round([], [], [], [])
     for job, task_state in zip(jobs, states, strict=True):
+        result: StreamResult | None = None
         if task_state.is_completed():
-            done: dict[str, Any] = await task_state.aresult()
-            results.append(done)
-            outcomes.append((job, done))
-            continue
-        exc = await task_state.aresult(raise_on_failure=False)
-        outcomes.append((job, None))
-        if not isinstance(exc, StreamFailed):
-            failures.append(f"{job.label}: {exc}")
-        elif job.window is None and search_falls_back_to_bulk(endpoint, capability, exc.result.http_status):
-            fallback.append(job.plan.resource_type)
+            result = await task_state.aresult()
+            done.results.append(result)
         else:
-            results.append(exc.result.as_dict())
-            failures.append(f"{job.label}: {exc}")
-    return outcomes, fallback
+            _failed(job, await task_state.aresult(raise_on_failure=False), endpoint, capability, done)
+        if job.window is not None:
+            done.windows.append(WindowOutcome(job.endpoint_name, job.plan, job.window, result))
+    return done
 
 
-def _with_window(base: StreamJob, window: Window) -> StreamJob:
-    return StreamJob(
-        base.config_path,
-        base.endpoint_name,
-        base.plan,
-        base.run_id,
-        base.synced_at,
-        window=window,
-        shared_key=base.shared_key,
-    )
+def _failed(
+    job: StreamJob, exc: Any, endpoint: EndpointSettings, capability: dict[str, Any] | None, done: _Round
+) -> None:
+    if not isinstance(exc, StreamFailed):
+        done.failures.append(f"{job.label}: {exc}")
+    elif job.window is None and search_falls_back_to_bulk(endpoint, capability, exc.result.http_status):
+        done.fallback.append(job.plan.resource_type)
+    else:
+        done.results.append(exc.result)
+        done.failures.append(f"{job.label}: {exc}")
 
 
-async def _run_jobs(jobs: list[StreamJob], endpoint_name: str, settings: Settings) -> list[Any]:
-    parallel = settings.runtime.parallel_streams(endpoint_name)
+async def _run_jobs(jobs: list[StreamJob], local: Local) -> list[Any]:
+    if not jobs:
+        return []
+    endpoint_name = jobs[0].endpoint_name
+    runtime = local.settings.runtime
     # The tag lets a Prefect tag concurrency limit cap one EMR across every worker and machine
     # (`prefect concurrency-limit create endpoint:NAME N`); the semaphore caps it within this run.
     stream_task = sync_stream.with_options(tags=await endpoint_tags(endpoint_name))
-    return await run_tasks(stream_task, jobs, settings.runtime, parallel)
+    return await run_tasks(
+        stream_task, jobs, runtime, runtime.parallel_streams(endpoint_name), local={"local": local}
+    )
 
 
 async def endpoint_tags(endpoint_name: str) -> list[str]:
@@ -462,38 +454,6 @@ async def endpoint_tags(endpoint_name: str) -> list[str]:
     return [tag]
 
 
-def _advance_window_watermarks(
-    engine: Engine, outcomes: list[tuple[StreamJob, dict[str, Any] | None]]
-) -> None:
-    """After a windowed backfill, move each stream's watermark over the windows that finished, in order.
-
-    `outcomes` holds each job with its result (None when it failed). Unwindowed jobs wrote their own.
-    """
-    logger = get_run_logger()
-    by_stream: dict[str, list[tuple[Window, StreamJob, dict[str, Any] | None]]] = {}
-    for job, result in outcomes:
-        if job.window is not None:
-            by_stream.setdefault(job.plan.resource_type, []).append((job.window, job, result))
-    for resource_type, windows in by_stream.items():
-        windows.sort(key=lambda item: item[0].index)
-        ordered = [(result is not None, (result or {}).get("watermark")) for _w, _j, result in windows]
-        watermark = ordered_watermark(ordered)
-        finished = next((i for i, (done, _) in enumerate(ordered) if not done), len(ordered))
-        if watermark is not None:
-            job = windows[0][1]
-            # An empty page that only carries the watermark: write_page never moves it backwards.
-            write_page(
-                engine, PageWrite(job.endpoint_name, resource_type, watermark=watermark, mode=job.plan.mode)
-            )
-        logger.info(
-            "%s: %d of %d backfill windows finished in order; watermark %s",
-            resource_type,
-            finished,
-            len(ordered),
-            watermark or "unchanged",
-        )
-
-
 @flow(name="sync-all", validate_parameters=True)
 async def sync_all(
     config_path: str,
@@ -503,20 +463,19 @@ async def sync_all(
     run_id: str | None = None,
 ) -> dict[str, str]:
     """Sync every enabled endpoint; one failing endpoint does not stop the others."""
-    settings = load_settings(config_path)
-    names = [e.name for e in settings.endpoints if e.enabled and (not endpoints or e.name in endpoints)]
-    if endpoints:
-        for name in endpoints:
-            settings.endpoint(name)  # unknown names are a config error, not a silent no-op
     outcome: dict[str, str] = {}
-    for name in names:
+    for name in _endpoint_names(load_settings(config_path), endpoints):
         sub = await sync_endpoint(config_path, name, resources, full_refresh, run_id, return_state=True)
-        if sub.is_completed():
-            outcome[name] = "succeeded"
-        else:
-            exc = await sub.aresult(raise_on_failure=False)
-            outcome[name] = f"failed: {exc}"
+        failed_with = None if sub.is_completed() else await sub.aresult(raise_on_failure=False)
+        outcome[name] = "succeeded" if failed_with is None else f"failed: {failed_with}"
     failed = {n: o for n, o in outcome.items() if o != "succeeded"}
     if failed:
         raise EndpointFailed("; ".join(f"{n} {o}" for n, o in failed.items()))
     return outcome
+
+
+def _endpoint_names(settings: Settings, endpoints: list[str] | None) -> list[str]:
+    """The enabled endpoints to sync, in config order; an unknown name is a config error, not a no-op."""
+    for name in endpoints or []:
+        settings.endpoint(name)
+    return [e.name for e in settings.endpoints if e.enabled and (not endpoints or e.name in endpoints)]

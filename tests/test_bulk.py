@@ -16,7 +16,6 @@ import pytest
 import respx
 
 from connector import progress
-from connector.bulk_sync import should_use_bulk
 from connector.config import EndpointSettings, RetrySettings
 from connector.errors import ConfigError, TransientFhirError
 from connector.fhir.bulk import (
@@ -32,6 +31,7 @@ from connector.fhir.bulk import (
 )
 from connector.fhir.capabilities import supports_bulk_export
 from connector.fhir.client import FhirClient
+from connector.sync.bulk import should_use_bulk
 
 BASE = "https://emr.test/fhir"
 STATUS = f"{BASE}/bulkstatus/job-1"
@@ -218,7 +218,8 @@ def test_transient_status_error_is_polled_again() -> None:
 
 def test_a_failing_status_poll_waits_by_the_shared_retry_policy() -> None:
     # One retry layer: a 429's Retry-After is capped by [retry] retry_after_cap_seconds (120 by default),
-    # as for every other request, and a 503 without one backs off by [retry]; a 202 then waits by its own Retry-After.
+    # as for every other request, and a 503 without one backs off by [retry]; a 202 then waits by its own
+    # Retry-After.
     fake = FakeTime()
     with respx.mock(assert_all_called=True) as mock:
         route = mock.get(STATUS).mock(

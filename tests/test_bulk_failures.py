@@ -17,10 +17,10 @@ import orjson
 import respx
 from sqlalchemy.engine import Engine
 
-from connector.bulk_sync import failed_types, run_bulk_backfill
 from connector.config import EndpointSettings
 from connector.fhir.bulk import parse_manifest
-from connector.pipeline import StreamResult
+from connector.sync.bulk import failed_types, run_bulk_backfill
+from connector.sync.pipeline import StreamResult
 from connector.warehouse import bulk_state, state
 from tests.test_bulk_sync import (
     BASE,

@@ -17,10 +17,10 @@ import respx
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from connector.bulk_sync import run_bulk_backfill
 from connector.config import EndpointSettings, RetrySettings, Settings
 from connector.fhir.bulk import ExportFile
-from connector.pipeline import StreamResult
+from connector.sync.bulk import run_bulk_backfill
+from connector.sync.pipeline import StreamResult
 from connector.warehouse import bulk_state, state
 from connector.warehouse.models import Base
 from connector.warehouse.writer import PageWrite, write_page

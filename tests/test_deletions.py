@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from connector.config import EndpointSettings
 from connector.fhir.client import FhirClient
 from connector.fhir.history import deleted_since, deletions_in, supports_history
-from connector.pipeline import map_resources
+from connector.sync.pipeline import map_resources
 from connector.warehouse.bulk_state import mark_deleted
 from connector.warehouse.writer import PageWrite, write_page
 

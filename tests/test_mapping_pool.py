@@ -20,8 +20,8 @@ from connector import mapping_pool
 from connector.config import EndpointSettings
 from connector.fhir.page import Page
 from connector.fhir.paging import read_page
-from connector.pipeline import MapJob, MappedPage, StreamResult, map_page, run_stream
 from connector.streams import Plan
+from connector.sync.pipeline import MapJob, MappedPage, StreamResult, map_page, run_stream
 from connector.warehouse import state
 from mappings.types import MappingOptions
 from tests.pages import pages_of
@@ -97,7 +97,7 @@ def test_a_page_left_unparsed_is_parsed_and_mapped_by_the_worker_as_here() -> No
 
 
 def test_a_worker_writes_the_page_itself_and_sends_back_no_rows(engine: Engine) -> None:
-    from connector.pipeline import PageSink
+    from connector.sync.pipeline import PageSink
 
     endpoint = EndpointSettings(name="clinic", base_url="https://emr.test/fhir")
     url = engine.url.render_as_string(hide_password=False)
@@ -138,7 +138,7 @@ class OneAtATime:
 def test_workers_write_to_sqlite_one_at_a_time_through_a_lock_of_their_own(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from connector.pipeline import PageSink
+    from connector.sync.pipeline import PageSink
 
     lock = OneAtATime()
     held_while_writing: list[bool] = []
@@ -168,7 +168,7 @@ def test_workers_write_to_sqlite_one_at_a_time_through_a_lock_of_their_own(
 
 
 def test_only_a_database_other_processes_reach_is_written_by_workers(tmp_path: Any) -> None:
-    from connector.pipeline import shared_by_processes
+    from connector.sync.pipeline import shared_by_processes
 
     assert shared_by_processes(sa.create_engine(f"sqlite:///{tmp_path / 'wh.db'}"))
     assert shared_by_processes(sa.create_engine("postgresql+psycopg://u:p@127.0.0.1/db"))
@@ -194,7 +194,7 @@ def test_small_pages_stay_in_this_process(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_page_mapper_zero_workers_maps_inline() -> None:
-    from connector.pipeline import map_inline
+    from connector.sync.pipeline import map_inline
 
     assert mapping_pool.page_mapper(0) is map_inline
     assert isinstance(mapping_pool.page_mapper(None), mapping_pool.PoolMapper)

@@ -40,8 +40,8 @@ from pydantic_core import SchemaValidator
 import mappings.r4b_schemas as schemas
 import mappings.validate_mapped as vm
 from connector.errors import MappingError
-from connector.pipeline import map_resources
 from connector.streams import DATE_PARAM_ELEMENTS
+from connector.sync.pipeline import map_resources
 from mappings.r4b_schemas import nests_too_deep
 from mappings.referral import content_hash
 from mappings.registry import MAPPERS

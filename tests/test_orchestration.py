@@ -23,11 +23,11 @@ from connector.config import (
     parse_settings,
 )
 from connector.fhir.client import FhirClient
-from connector.pipeline import StreamResult, run_stream, search_params
 from connector.streams import Plan
+from connector.sync.pipeline import StreamResult, run_stream, search_params
+from connector.sync.windows import Window, ordered_watermark, plan_windows, split_range, window_params
 from connector.warehouse import state
 from flows.artifacts import artifact_key, render, stream_rows
-from flows.windows import Window, ordered_watermark, plan_windows, split_range, window_params
 
 BASE = "https://emr.test/fhir"
 PLAN = Plan("ServiceRequest", "last-updated", None, "test")

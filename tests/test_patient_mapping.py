@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from connector.cli import app
 from connector.config import EndpointSettings
 from connector.errors import MappingError
-from connector.pipeline import map_resources
+from connector.sync.pipeline import map_resources
 from connector.warehouse.writer import PageWrite, write_page
 from mappings.patient import map_patient
 from mappings.registry import map_resource

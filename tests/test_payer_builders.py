@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from connector.pipeline import map_resources
+from connector.sync.pipeline import map_resources
 from connector.warehouse.writer import PageWrite, PageWriteResult, write_page
 
 ENDPOINT = "clinic-emr"

@@ -14,8 +14,8 @@ from sqlalchemy.engine import Engine
 
 from connector.config import EndpointSettings, RetrySettings
 from connector.fhir.client import FhirClient
-from connector.pipeline import StreamResult, run_stream, search_params
 from connector.streams import Plan, plan_stream, stream_for
+from connector.sync.pipeline import StreamResult, run_stream, search_params
 from connector.warehouse import state
 from connector.warehouse.models import Base
 
@@ -333,7 +333,7 @@ def test_a_missing_table_is_not_worth_retrying(engine: Engine) -> None:
 
 def test_rows_carry_the_content_hash_of_the_stored_payload_taken_once() -> None:
     import mappings.canonical
-    from connector.pipeline import map_resources
+    from connector.sync.pipeline import map_resources
     from mappings.canonical import content_hash
 
     resources = [sr(n, f"2026-11-0{n}T10:00:00Z") for n in range(1, 4)]
@@ -345,7 +345,7 @@ def test_rows_carry_the_content_hash_of_the_stored_payload_taken_once() -> None:
         return real(canonical)
 
     with pytest.MonkeyPatch.context() as patch:
-        for module in ("mappings.canonical", "mappings.referral", "connector.pipeline"):
+        for module in ("mappings.canonical", "mappings.referral", "connector.sync.pipeline"):
             patch.setattr(f"{module}.digest", counting)
         mapped = map_resources("clinic", "ServiceRequest", resources, SYNCED_AT)
     assert len(hashed) == len(resources)  # once each: the mappers reuse the pipeline's hash

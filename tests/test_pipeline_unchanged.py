@@ -13,8 +13,8 @@ from sqlalchemy.engine import Engine
 
 import mappings.registry
 from connector.config import EndpointSettings
-from connector.pipeline import StreamResult, run_stream
 from connector.streams import Plan
+from connector.sync.pipeline import StreamResult, run_stream
 from connector.warehouse import state
 from tests.pages import pages_of
 
@@ -63,7 +63,7 @@ def test_an_unchanged_resource_is_not_validated_mapped_or_written_again(
         mapped.append(resource["id"])
         return real(resource, ctx)
 
-    monkeypatch.setattr("connector.pipeline.map_resource", counting)
+    monkeypatch.setattr("connector.sync.pipeline.map_resource", counting)
     again = copy.deepcopy(first)
     again[2]["status"] = "completed"  # a real change, same lastUpdated: the hash tells
     again.append(referral(7, "2026-11-01T10:00:09Z"))
@@ -84,7 +84,7 @@ def test_without_skipping_everything_is_mapped_again(engine: Engine, monkeypatch
     calls: list[str] = []
     real = mappings.registry.map_resource
     monkeypatch.setattr(
-        "connector.pipeline.map_resource", lambda r, ctx: calls.append(r["id"]) or real(r, ctx)
+        "connector.sync.pipeline.map_resource", lambda r, ctx: calls.append(r["id"]) or real(r, ctx)
     )
     result = sync(engine, first, skip_unchanged=False)
     assert (result.fetched, result.loaded) == (4, 0)

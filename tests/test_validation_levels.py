@@ -11,7 +11,7 @@ import pytest
 
 from connector.config import load_settings
 from connector.errors import ConfigError
-from connector.pipeline import map_resources
+from connector.sync.pipeline import map_resources
 from connector.warehouse.writer import PageWrite, write_page
 from mappings.types import MappingOptions
 
@@ -121,7 +121,9 @@ def test_a_mapper_tripping_on_an_odd_shape_is_a_dead_letter(
     def broken(resource: dict[str, Any], ctx: Any) -> Any:
         return resource["code"].get("coding")  # as if `code` came as a JSON string
 
-    monkeypatch.setattr("connector.pipeline.map_resource", lambda r, ctx: broken({**r, "code": "{}"}, ctx))
+    monkeypatch.setattr(
+        "connector.sync.pipeline.map_resource", lambda r, ctx: broken({**r, "code": "{}"}, ctx)
+    )
     page = map_resources(
         "emr", "ServiceRequest", [REFERRAL], SYNCED_AT, options=MappingOptions(validation=level)
     )

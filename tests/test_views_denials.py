@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from connector.pipeline import map_resources
+from connector.sync.pipeline import map_resources
 from connector.warehouse.writer import PageWrite, write_page
 from mappings.types import MapContext
 from tests.test_denial_builders import claim, eob, response

@@ -629,7 +629,7 @@ def test_copy_in_binary_format_stores_what_text_format_stores(
 
     import orjson
 
-    from connector.pipeline import map_resources
+    from connector.sync.pipeline import map_resources
     from connector.warehouse import upsert as upsert_module
 
     folder = package_files.files("connector") / "demo" / "data"

@@ -9,7 +9,7 @@
             ...
         await export.cancel(status_url)      # DELETE: the server may drop the files
 
-Only this module's caller (`connector.bulk_sync`) stores anything; this module talks HTTP and reads files.
+Only this module's caller (`connector.sync.bulk`) stores anything; this module talks HTTP and reads files.
 
 Safety: the status URL and every file URL must be on the endpoint's server, or on a host listed in
 `bulk_allowed_hosts` (a storage bucket). Credentials only ever go to the endpoint's own origin, and only when
@@ -55,6 +55,7 @@ from connector.fhir.http import (
 from connector.fhir.ndjson import NdjsonPage, NdjsonSource
 from connector.fhir.paging import origin, resolve
 from connector.progress import sink
+from mappings.elements import fhir_instant
 from mappings.fhir_ids import TYPE_RE
 
 logger = logging.getLogger(__name__)
@@ -163,12 +164,6 @@ def export_path(level: str, group_id: str | None) -> str:
             raise ConfigError('bulk_level = "group" needs `bulk_group_id`')
         return f"Group/{group_id}/$export"
     raise ConfigError(f"unknown bulk_level {level!r}")
-
-
-def fhir_instant(moment: datetime) -> str:
-    """An instant as FHIR servers compare it: UTC, milliseconds, explicit Z."""
-    utc = moment.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
 def kickoff_params(resource_types: Sequence[str], since: datetime | None) -> list[tuple[str, str]]:
@@ -531,7 +526,7 @@ async def bulk_pages(
 
     A file that cannot be read to its end, or (with `check_count`) whose lines of `resource_type` are not
     the manifest's `count` of it, raises SourceFileError after its last page: its rows stand, the stream
-    fails. Meant for `connector.pipeline.run_stream`; close it (`contextlib.aclosing`) to remove the
+    fails. Meant for `connector.sync.pipeline.run_stream`; close it (`contextlib.aclosing`) to remove the
     temporary copy early when the consumer stops half-way.
     """
     number = 0

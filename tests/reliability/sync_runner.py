@@ -20,11 +20,11 @@ from typing import Any
 
 from connector.config import load_settings
 from connector.fhir.client import FhirClient
-from connector.pipeline import StreamResult, run_stream
 from connector.streams import plan_stream, stream_for
+from connector.sync.pipeline import StreamResult, run_stream
+from connector.sync.windows import window_params
 from connector.warehouse import state
 from connector.warehouse.engine import ensure_schema, make_engine
-from flows.windows import window_params
 
 
 async def sync_once(config_path: str, run_id: str = "run") -> StreamResult:
@@ -51,7 +51,7 @@ async def sync_once(config_path: str, run_id: str = "run") -> StreamResult:
 
 
 def _install_stop(hook: str, n: int) -> None:
-    from connector import pipeline
+    from connector.sync import pipeline
     from connector.warehouse import writer
 
     calls = {"count": 0}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from connector.pipeline import StreamResult
+from connector.sync.pipeline import StreamResult
 from tests.reliability.conftest import (
     INVALID,
     PAGE_SIZE,

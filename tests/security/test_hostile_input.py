@@ -19,8 +19,8 @@ from sqlalchemy.engine import Engine
 from connector.config import EndpointSettings, RetrySettings
 from connector.errors import MappingError
 from connector.fhir.client import FhirClient
-from connector.pipeline import StreamResult, map_resources, run_stream
 from connector.streams import Plan
+from connector.sync.pipeline import StreamResult, map_resources, run_stream
 from mappings.registry import map_resource
 from mappings.types import MapContext
 from mappings.validate import validate

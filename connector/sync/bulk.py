@@ -4,11 +4,12 @@
         results = await run_bulk_backfill(settings, endpoint, engine, resource_types=[...],
                                           run_id=run_id, synced_at=synced_at)
 
-Each output file is loaded through `connector.pipeline.run_stream` (the same mapping and loading as search
-pages; one `sync_run` row per file) and marked done in `sync_state` once its rows are committed, so a run
-that stops is resumed by the next one: the stored status URL is polled instead of a new kick-off, and files
-done are skipped. A stream whose files all loaded gets the manifest's transactionTime as its watermark in
-the transaction that forgets the export; once no stream waits for it, the export is deleted on the server.
+Each output file is loaded through `connector.sync.pipeline.run_stream` (the same mapping and loading as
+search pages; one `sync_run` row per file) and marked done in `sync_state` once its rows are committed, so
+a run that stops is resumed by the next one: the stored status URL is polled instead of a new kick-off, and
+files done are skipped. A stream whose files all loaded gets the manifest's transactionTime as its
+watermark in the transaction that forgets the export; once no stream waits for it, the export is deleted on
+the server.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ from connector.fhir.capabilities import supports_bulk_export
 from connector.fhir.client import FhirClient
 from connector.fhir.http import outcome_text, url_path
 from connector.mapping_pool import page_mapper, pages_ahead
-from connector.pipeline import StreamResult, run_stream
 from connector.streams import Plan
+from connector.sync.pipeline import StreamResult, run_stream
 from connector.warehouse import bulk_state, state
 from connector.warehouse.writer import PageWrite, Reject, write_page
 from mappings.elements import object_at

@@ -35,7 +35,7 @@ from connector.warehouse import state
 from connector.warehouse.upsert import JsonText
 from connector.warehouse.writer import PageWrite, PageWriteResult, Reject, write_page
 from mappings.canonical import canonical_json, digest
-from mappings.elements import parse_fhir_datetime, resource_meta
+from mappings.elements import fhir_instant, parse_fhir_datetime, resource_meta
 from mappings.fhir_ids import resource_label
 from mappings.registry import map_resource
 from mappings.types import MapContext, MappingOptions
@@ -303,15 +303,10 @@ def search_params(
     if plan.mode == "last-updated":
         params.append(("_sort", "_lastUpdated"))
         if since is not None:
-            params.append(("_lastUpdated", f"gt{_fhir_instant(since)}"))
+            params.append(("_lastUpdated", f"gt{fhir_instant(since)}"))
     elif plan.mode == "date-param" and since is not None and plan.date_param:
-        params.append((plan.date_param, f"gt{_fhir_instant(since)}"))
+        params.append((plan.date_param, f"gt{fhir_instant(since)}"))
     return params
-
-
-def _fhir_instant(moment: datetime) -> str:
-    # Milliseconds and an explicit Z: servers compare at ms precision and a raw '+' breaks in URLs.
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 @dataclass(frozen=True, slots=True)

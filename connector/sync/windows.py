@@ -23,9 +23,9 @@ from datetime import UTC, datetime
 from connector.config import EndpointSettings, RuntimeSettings
 from connector.errors import FhirError, MappingError
 from connector.fhir.client import FhirClient
-from connector.pipeline import _fhir_instant, search_params
 from connector.streams import Plan
-from mappings.elements import parse_fhir_datetime
+from connector.sync.pipeline import search_params
+from mappings.elements import fhir_instant, parse_fhir_datetime
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def split_range(oldest: datetime, newest: datetime, count: int) -> list[Window]:
     if count <= 1 or newest <= oldest:
         return []
     step = (newest - oldest) / count
-    bounds = [_fhir_instant(oldest + step * i) for i in range(1, count)]
+    bounds = [fhir_instant(oldest + step * i) for i in range(1, count)]
     # Bounds are cut to milliseconds: a very short range may repeat one; drop the empty windows that makes.
     bounds = sorted(dict.fromkeys(bounds))
     if not bounds:
