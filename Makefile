@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean chromium bench
+.PHONY: demo test test-fast lint install clean chromium bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,14 @@ lint: $(STAMP)
 
 test: $(STAMP) chromium
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest
+
+# While iterating: everything but the slow groups (a real FHIR server; killing processes mid-sync).
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest -m "not integration and not crash"
 
 # The benchmark of issue 11 (README, "Benchmark"); flags go in BENCH_ARGS, e.g. BENCH_ARGS="--quick".
 BENCH_ARGS ?=

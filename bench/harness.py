@@ -155,7 +155,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--no-noop", action="store_true", help="skip the no-op incremental connector run")
     parser.add_argument("--json", dest="json_path", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
-    chosen = dict(QUICK_SIZES if args.quick else FULL_SIZES)
+    chosen: dict[str, Any] = dict(QUICK_SIZES if args.quick else FULL_SIZES)
     for key in chosen:
         if getattr(args, key) is not None:
             chosen[key] = getattr(args, key)
@@ -183,7 +183,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
 
 
 def combos(settings: Settings) -> list[Combo]:
-    out = []
+    out: list[Combo] = []
     for runner in settings.runners:
         for db in settings.dbs:
             if runner == "floor" and db != "postgresql":
@@ -211,8 +211,8 @@ def reset_pg(pg_url: str) -> None:
     dsn, name = _admin_dsn(pg_url)
     quoted = '"' + name.replace('"', '""') + '"'
     with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")  # type: ignore[arg-type]
-        conn.execute(f"CREATE DATABASE {quoted}")  # type: ignore[arg-type]
+        conn.execute(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {quoted}")
 
 
 def pg_version(pg_url: str) -> str:

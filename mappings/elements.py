@@ -128,6 +128,13 @@ def _parse_general(text: str) -> datetime | str:
         return _INVALID_DATETIME
 
 
+def fhir_instant(moment: datetime) -> str:
+    """An instant as FHIR servers compare it in searches: UTC, milliseconds, an explicit Z (a raw `+`
+    breaks in URLs)."""
+    utc = moment.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
 def object_at(container: dict[str, Any], key: str) -> dict[str, Any]:
     """`container[key]` when it is a JSON object, else an empty one (absent, null or another shape)."""
     value = container.get(key)

@@ -41,7 +41,7 @@ from mappings.validate import (
 #: `content_hash` hashes the whole resource, but reads no element: it is not validation-relevant.
 READ_ELEMENTS: dict[str, tuple[str, ...]] = {s.resource_type: s.read_elements for s in SPECS if s.mappers}
 
-#: Read of every resource, mapped or kept raw: `connector.pipeline.map_resources` takes the key, meta
+#: Read of every resource, mapped or kept raw: `connector.sync.pipeline.map_resources` takes the key, meta
 #: (versionId, lastUpdated) and `status` (entered-in-error marks a deletion). On a type without a status
 #: element (Practitioner, Organization, ...) a `status` key is therefore invalid, as in strict mode.
 _ALWAYS = ("resourceType", "id", "meta", "status", "_status")

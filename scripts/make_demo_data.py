@@ -365,13 +365,13 @@ class DemoBuilder:
 
     def invalid_referrals(self) -> None:
         """Referrals a real EMR might send that must end up as dead letters, not rows."""
-        base = {
+        base: dict[str, Any] = {
             "resourceType": "ServiceRequest",
             "intent": "order",
             "code": concept(SNOMED, "91251008", "Physical therapy procedure"),
             "subject": {"reference": "Patient/demo-1"},
         }
-        broken = [
+        broken: list[dict[str, Any]] = [
             {"status": "bogus"},
             {"status": "bogus", "priority": "whenever"},
             {"status": "bogus"},

@@ -20,6 +20,22 @@ from connector.warehouse.engine import make_engine, migrate
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
+#: Slow groups, marked by where they live: `make test-fast` deselects them, `make test` and CI run them.
+_SLOW_GROUPS = {
+    "integration": ("tests", "integration"),
+    "crash": ("tests", "reliability", "test_crash_safety.py"),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(str(config.rootpath))
+    for item in items:
+        parts = Path(str(item.path)).relative_to(root).parts
+        for marker, prefix in _SLOW_GROUPS.items():
+            if parts[: len(prefix)] == prefix:
+                item.add_marker(getattr(pytest.mark, marker))
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'wh.db'}"

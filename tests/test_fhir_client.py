@@ -268,7 +268,7 @@ def test_broken_page_body_every_time_gives_up_as_transient(defer: bool) -> None:
 
 
 def test_a_deferred_page_counts_and_heads_as_a_parsed_one() -> None:
-    entries = [
+    entries: list[Any] = [
         match("sr-1"),
         match("sr-2", mode=None),
         match("pr-1", resource_type="Practitioner", mode="include"),

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 
 from connector.warehouse import state
 from connector.warehouse.engine import make_engine
+from tests.flow_states import final_state
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_sync_all_runs_every_endpoint_and_fails_with_the_reason(
         '[[endpoints]]\nname = "broken"\nndjson_dir = "missing-folder"\nresources = ["ServiceRequest"]\n'
         '[[endpoints]]\nname = "good"\nndjson_dir = "good"\nresources = ["ServiceRequest", "Claim"]\n'
     )
-    flow_state = asyncio.run(sync_all(str(config), run_id="run-x", return_state=True))
+    flow_state = final_state(sync_all(str(config), run_id="run-x", return_state=True))
     assert flow_state.is_failed()
     assert "broken" in (flow_state.message or "") or "broken" in str(
         flow_state.result(raise_on_failure=False)
@@ -234,7 +235,7 @@ def test_windowed_backfill_loads_everything_exactly_once(
     from flows.sync import sync_endpoint
 
     config = server_config(tmp_path, warehouse_url, stub.base)
-    flow_state = asyncio.run(sync_endpoint(str(config), "clinic", run_id="backfill", return_state=True))
+    flow_state = final_state(sync_endpoint(str(config), "clinic", run_id="backfill", return_state=True))
     assert flow_state.is_completed(), flow_state.message
     referrals, watermark, runs = warehouse_snapshot(warehouse_url)
     assert len(referrals) == 40
@@ -250,7 +251,7 @@ def test_windowed_backfill_loads_everything_exactly_once(
 
     # The next run is incremental: one task from the watermark, nothing new to load.
     stub.searches.clear()
-    flow_state = asyncio.run(sync_endpoint(str(config), "clinic", run_id="next", return_state=True))
+    flow_state = final_state(sync_endpoint(str(config), "clinic", run_id="next", return_state=True))
     assert flow_state.is_completed(), flow_state.message
     assert [dict(s).get("_lastUpdated") for s in stub.searches] == [f"gt{_updated(39)}"]
 
@@ -302,7 +303,7 @@ def test_failed_window_holds_the_watermark_before_it(
     config = server_config(tmp_path, sqlite_url, stub.base)
     # The third window of four (starting ~day 20) fails; the fourth, newer one succeeds.
     stub.fail_from, stub.fail_to = BASE_DAY + timedelta(days=15), BASE_DAY + timedelta(days=25)
-    flow_state = asyncio.run(sync_endpoint(str(config), "clinic", run_id="partial", return_state=True))
+    flow_state = final_state(sync_endpoint(str(config), "clinic", run_id="partial", return_state=True))
     assert flow_state.is_failed()
     assert "window 3/4" in str(flow_state.result(raise_on_failure=False))
     referrals, watermark, runs = warehouse_snapshot(sqlite_url)
@@ -315,7 +316,7 @@ def test_failed_window_holds_the_watermark_before_it(
 
     # Once the server is fixed, the next (incremental) run reads from there and catches up.
     stub.fail_from = stub.fail_to = None
-    flow_state = asyncio.run(sync_endpoint(str(config), "clinic", run_id="catch-up", return_state=True))
+    flow_state = final_state(sync_endpoint(str(config), "clinic", run_id="catch-up", return_state=True))
     assert flow_state.is_completed(), flow_state.message
     referrals, watermark, _ = warehouse_snapshot(sqlite_url)
     assert len(referrals) == 40
@@ -332,7 +333,7 @@ def test_task_runners_give_equal_results(
     config = server_config(
         tmp_path, sqlite_url, stub.base, f'task_runner = "{runner}"\nmax_parallel_streams = 2'
     )
-    flow_state = asyncio.run(sync_endpoint(str(config), "clinic", run_id=runner, return_state=True))
+    flow_state = final_state(sync_endpoint(str(config), "clinic", run_id=runner, return_state=True))
     assert flow_state.is_completed(), flow_state.message
     referrals, watermark, runs = warehouse_snapshot(sqlite_url)
     assert referrals == [(f"sr{n}", "active") for n in sorted(range(40), key=lambda n: f"sr{n}")]
@@ -384,7 +385,7 @@ def test_sync_all_over_two_servers_one_failing_publishes_counts(
         mock.get("https://north.test/fhir/ServiceRequest").respond(json=bundle)
         mock.get("https://south.test/fhir/metadata").respond(json=capability_statement())
         south = mock.get("https://south.test/fhir/ServiceRequest").respond(403, json=outcome)
-        flow_state = asyncio.run(sync_all(str(config), run_id="two", return_state=True))
+        flow_state = final_state(sync_all(str(config), run_id="two", return_state=True))
     assert flow_state.is_failed()
     reason = str(flow_state.result(raise_on_failure=False))
     assert "south failed" in reason
@@ -442,12 +443,12 @@ def test_first_sync_of_a_bulk_server_uses_export_then_searches_incrementally(
         mock.get(f"{base}/jobs/1").respond(200, json=manifest)
         mock.get(f"{base}/files/sr.ndjson").respond(200, content=lines)
         deleted = mock.delete(f"{base}/jobs/1").respond(202)
-        first = asyncio.run(sync_all(str(config), run_id="bulk-1", return_state=True))
+        first = final_state(sync_all(str(config), run_id="bulk-1", return_state=True))
         # The second run continues after the manifest's transactionTime with an ordinary search.
         search = mock.get(f"{base}/ServiceRequest").respond(
             json={"resourceType": "Bundle", "type": "searchset", "entry": []}
         )
-        second = asyncio.run(sync_all(str(config), run_id="bulk-2", return_state=True))
+        second = final_state(sync_all(str(config), run_id="bulk-2", return_state=True))
     assert first.is_completed()
     assert second.is_completed()
     assert kickoff.call_count == 1
@@ -524,7 +525,7 @@ def test_an_export_that_reports_a_failed_type_fails_the_run_naming_it_and_the_ne
         mock.get(f"{base}/files/sr.ndjson").respond(200, content=lines)
         mock.get(f"{base}/files/2.Coverage.ndjson").respond(200, content=orjson.dumps(failure))
         mock.delete(f"{base}/jobs/1").respond(202)
-        first = asyncio.run(sync_all(str(config), run_id="bulk-1", return_state=True))
+        first = final_state(sync_all(str(config), run_id="bulk-1", return_state=True))
     assert first.is_failed()
     reason = str(first.result(raise_on_failure=False))
     assert "Coverage (bulk)" in reason
@@ -543,7 +544,7 @@ def test_an_export_that_reports_a_failed_type_fails_the_run_naming_it_and_the_ne
         )
         mock.get(f"{base}/files/cov.ndjson").respond(200, content=orjson.dumps(coverage))
         mock.delete(f"{base}/jobs/2").respond(202)
-        second = asyncio.run(sync_all(str(config), run_id="bulk-2", return_state=True))
+        second = final_state(sync_all(str(config), run_id="bulk-2", return_state=True))
     assert second.is_completed()
     # Only the failed type is exported again; the healthy one searches on from its watermark.
     assert kickoff.calls.last.request.url.params["_type"] == "Coverage"
@@ -596,7 +597,7 @@ def test_a_bulk_server_that_answers_404_to_searches_is_synced_by_export(
         mock.get(f"{base}/jobs/9").respond(200, json=manifest)
         mock.get(f"{base}/files/sr.ndjson").respond(200, content=orjson.dumps(referral(4)))
         mock.delete(f"{base}/jobs/9").respond(202)
-        outcome = asyncio.run(sync_all(str(config), run_id="fallback-1", return_state=True))
+        outcome = final_state(sync_all(str(config), run_id="fallback-1", return_state=True))
     assert outcome.is_completed(), outcome.result(raise_on_failure=False)
     assert search.call_count == 1
     assert kickoff.calls.last.request.url.params["_since"] == "2026-11-20T09:59:00.000Z"

@@ -280,6 +280,7 @@ def test_a_dead_worker_fails_the_page_clearly_and_the_next_page_gets_a_new_pool(
     assert asyncio.run(mapper(job)).raw  # the pool is up
     pool = mapping_pool._pool(1)
     for process in list(pool._processes.values()):  # as the OOM killer would
+        assert process.pid is not None
         os.kill(process.pid, signal.SIGKILL)
         process.join()
     with pytest.raises(mapping_pool.MappingWorkerError, match="mapping worker process died"):

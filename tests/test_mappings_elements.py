@@ -184,7 +184,7 @@ def test_coding_text_only_and_missing() -> None:
 
 
 def test_codes() -> None:
-    concepts = [
+    concepts: list[Any] = [
         {
             "coding": [
                 {"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "M54.50"},

@@ -24,6 +24,7 @@ R4B judgements that look odd, matched on purpose (the contract is equivalence):
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import random
 from collections.abc import Callable
@@ -144,7 +145,7 @@ def test_projection_keeps_only_what_is_validated() -> None:
     validate_mapped({**resource, "hospitalization": {"bogus": 1}})  # not read: not judged
 
 
-class _Recording(dict):  # type: ignore[type-arg]
+class _Recording(dict):
     """A resource that notes which of its top-level keys are looked at."""
 
     def __init__(self, resource: dict[str, Any]) -> None:
@@ -367,7 +368,8 @@ def test_top_level_type_and_id_are_judged_alike() -> None:
             _assert_equivalent({**resource, "id": rid}, f"id {rid!r}")
         _assert_equivalent({k: v for k, v in resource.items() if k != "id"})
         _assert_equivalent({**resource, "text": rng.choice(ANY_VALUES), "bogusElement": 1}, "unread")
-    for value in [None, [], "ServiceRequest", 5]:
+    odd: list[Any] = [None, [], "ServiceRequest", 5]
+    for value in odd:
         _assert_equivalent(value, repr(value))
 
 
@@ -442,6 +444,7 @@ def _primitive_inputs(rng: random.Random) -> list[Any]:
 def test_native_primitives_accept_what_fhir_core_accepts(kind: str) -> None:
     from fhir.resources.R4B import fhirtypes
 
+    r4b_type: Any
     r4b_type, native = {
         "date": (fhirtypes.DateType, schemas._date),
         "dateTime": (fhirtypes.DateTimeType, schemas._datetime),
@@ -450,7 +453,7 @@ def test_native_primitives_accept_what_fhir_core_accepts(kind: str) -> None:
         "decimal": (fhirtypes.DecimalType, schemas._decimal),
         "url": (fhirtypes.UrlType, schemas._url),
     }[kind]
-    r4b = TypeAdapter(r4b_type)
+    r4b: TypeAdapter[Any] = TypeAdapter(r4b_type)
     mine = SchemaValidator(native())
     for value in _primitive_inputs(random.Random(kind)):
         assert (outcome(r4b.validate_python, value) is None) == (
@@ -507,7 +510,7 @@ def test_validation_given_the_resources_json_judges_as_without_it() -> None:
         for candidate in (resource, {**resource, "extension": [nested_extension(32)]}):
             text = orjson.dumps(candidate, option=orjson.OPT_SORT_KEYS)
             for check in (validate_mapped, validate_strict):
-                given = outcome(lambda r, c=check, t=text: c(r, t), candidate)
+                given = outcome(functools.partial(check, whole_json=text), candidate)
                 assert given == outcome(check, candidate)
 
 

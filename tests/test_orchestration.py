@@ -245,7 +245,7 @@ def test_example_config_runtime_table_parses_when_uncommented() -> None:
 
 def test_build_task_runner_per_setting() -> None:
     from prefect.task_runners import ProcessPoolTaskRunner
-    from prefect_dask import DaskTaskRunner
+    from prefect_dask.task_runners import DaskTaskRunner
 
     from flows.runners import build_task_runner
 
@@ -363,7 +363,7 @@ enabled = false
 
 
 def test_one_deployment_per_enabled_endpoint_on_its_schedule(tmp_path: Any) -> None:
-    from prefect.deployments.runner import EntrypointType
+    from prefect.types.entrypoint import EntrypointType
 
     from flows.deployments import endpoint_deployments
 
@@ -374,7 +374,7 @@ def test_one_deployment_per_enabled_endpoint_on_its_schedule(tmp_path: Any) -> N
     assert [d.name for d in deployments] == ["north", "south"]
     north, south = deployments
     assert north.parameters == {"config_path": str(path.resolve()), "endpoint_name": "north"}
-    assert [s.schedule.cron for s in north.schedules] == ["*/15 * * * *"]
+    assert [s.schedule.cron for s in north.schedules or []] == ["*/15 * * * *"]  # type: ignore[union-attr]
     assert south.schedules in (None, [])
     assert "endpoint:north" in north.tags
     module = endpoint_deployments(settings, path, module_entrypoint=True)

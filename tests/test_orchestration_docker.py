@@ -93,7 +93,7 @@ def test_prefect_yaml_deployments_run_the_flows() -> None:
     assert spec["deployments"]
     for deployment in spec["deployments"]:
         path, _, name = deployment["entrypoint"].partition(":")
-        flow = load_flow_from_entrypoint(str(ROOT / path) + ":" + name)
+        flow: Any = load_flow_from_entrypoint(str(ROOT / path) + ":" + name)
         assert isinstance(flow, Flow)
         accepted = set(inspect.signature(flow.fn).parameters)
         assert set(deployment["parameters"]) <= accepted

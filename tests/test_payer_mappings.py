@@ -41,8 +41,8 @@ def _example(name: str, resource_id: str) -> dict[str, Any]:
     return copy.deepcopy(next(r for r in _lines(name) if r["id"] == resource_id))
 
 
-def _day(year: int, month: int, day: int, *rest: int) -> datetime:
-    return datetime(year, month, day, *rest, tzinfo=UTC)
+def _day(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 def _one(records: dict[str, list[dict[str, Any]]], table: str) -> dict[str, Any]:

@@ -73,7 +73,9 @@ def test_an_unchanged_resource_is_not_validated_mapped_or_written_again(
     assert sorted(mapped) == ["sr2", "sr7"]
     assert state.get_watermark(engine, "clinic", "ServiceRequest")[0] == "2026-11-01T10:00:09Z"
     with engine.connect() as conn:
-        statuses = dict(conn.execute(sa.text("select resource_id, status from referral")).all())
+        statuses: dict[str, str] = dict(
+            conn.execute(sa.text("select resource_id, status from referral")).all()
+        )
     assert statuses["sr2"] == "completed"
     assert len(statuses) == 8
 
@@ -83,9 +85,12 @@ def test_without_skipping_everything_is_mapped_again(engine: Engine, monkeypatch
     sync(engine, first, skip_unchanged=False)
     calls: list[str] = []
     real = mappings.registry.map_resource
-    monkeypatch.setattr(
-        "connector.sync.pipeline.map_resource", lambda r, ctx: calls.append(r["id"]) or real(r, ctx)
-    )
+
+    def counted(resource: Any, ctx: Any) -> Any:
+        calls.append(resource["id"])
+        return real(resource, ctx)
+
+    monkeypatch.setattr("connector.sync.pipeline.map_resource", counted)
     result = sync(engine, first, skip_unchanged=False)
     assert (result.fetched, result.loaded) == (4, 0)
     assert len(calls) == 4

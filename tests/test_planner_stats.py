@@ -61,7 +61,9 @@ def estimated_rows(engine: Engine) -> int:
             "EXPLAIN SELECT 1 FROM raw_resource WHERE endpoint = 'emr' AND resource_type = 'ServiceRequest'"
         )
         plan = conn.exec_driver_sql(query).scalars().first()
-    return int(re.search(r"rows=(\d+)", plan).group(1))  # type: ignore[union-attr]
+    found = re.search(r"rows=(\d+)", str(plan))
+    assert found is not None, plan
+    return int(found.group(1))
 
 
 @pytest.mark.parametrize(

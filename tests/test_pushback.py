@@ -208,7 +208,7 @@ def test_measures_and_report_are_valid_r4() -> None:
 
 def test_intents_only_for_active_recent_referrals_and_booked_evaluations() -> None:
     endpoint = settings(acknowledge_since="2026-11-15").endpoints[0]
-    rows = {
+    rows: dict[str, Any] = {
         "referral": [
             referral_row("new"),
             referral_row("old", authored_on=NOW - timedelta(days=30)),

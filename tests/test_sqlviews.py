@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -75,7 +76,7 @@ def test_days_between_and_shift(loaded: Engine) -> None:
 def test_percentile_per_group(loaded: Engine, fraction: float, expected_a: float) -> None:
     sub = sqlviews.percentile("sqlviews_sample", ["g"], "x", fraction, name="p")
     with loaded.connect() as conn:
-        got = dict(conn.execute(sa.text(f"SELECT g, p FROM {sub} q ORDER BY g")).all())
+        got: dict[Any, Any] = dict(conn.execute(sa.text(f"SELECT g, p FROM {sub} q ORDER BY g")).all())
     # a: 1, 2, 4, 10 -> median (2 + 4) / 2; b has a single value, NULLs are ignored.
     assert got == {"a": pytest.approx(expected_a), "b": pytest.approx(5.0)}
 

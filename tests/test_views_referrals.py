@@ -424,7 +424,7 @@ def test_demo_data_through_the_views(engine: Engine) -> None:
     """The bundled demo: every referral gets a discipline and an intake result, visits reach their referrals
     (regression numbers of the deterministic demo data; the HL7 samples without authoredOn fall in July)."""
     demo = Path(__file__).resolve().parents[1] / "connector" / "demo" / "data"
-    resources = []
+    resources: list[dict[str, Any]] = []
     for rtype in ("Practitioner", "Organization", "ServiceRequest", "Appointment", "Encounter"):
         with gzip.open(demo / f"{rtype}.ndjson.gz", "rt", encoding="utf-8") as fh:
             resources.extend(json.loads(line) for line in fh)

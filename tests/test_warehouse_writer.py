@@ -447,7 +447,7 @@ def test_timestamps_are_stored_as_utcdatetime_stores_them_and_read_back_as_writt
     write_page(engine, page(raw=[raw_row("r1", 1, when=written)]))
     with engine.begin() as conn:
         conn.execute(RAW.insert().values(**raw_row("r2", 1, when=written)))  # SQLAlchemy's own binding
-        stored = dict(
+        stored: dict[Any, Any] = dict(
             conn.execute(sa.text("SELECT resource_id, CAST(last_updated AS TEXT) FROM raw_resource")).all()
         )
         read = conn.execute(sa.select(RAW.c.last_updated).where(RAW.c.resource_id == "r1")).scalar_one()

@@ -74,7 +74,7 @@ def last_attempts(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {row["resource_type"]: row for row in report["streams"]}
 
 
-def query(url: str, sql: str, **params: Any) -> list[sa.Row[Any]]:
+def query(url: str, sql: str, **params: Any) -> list[Any]:
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:

@@ -193,7 +193,7 @@ def this_period(practice: Practice, start: datetime, now: datetime) -> dict[str,
             response["preAuthRef"] = "PA-PB-1"
         return [claim, response]
 
-    resources = [
+    resources: list[dict[str, Any]] = [
         patient,
         coverage,
         referral("pb-sr-1", "PT", "active"),  # its evaluation is booked after the first sync

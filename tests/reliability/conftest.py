@@ -326,7 +326,7 @@ def snapshot(url: str) -> Snapshot:
             def rows(sql: str) -> list[tuple[Any, ...]]:
                 return [tuple(r) for r in conn.execute(sa.text(sql))]
 
-            snap = {
+            snap: dict[str, Any] = {
                 "referral": rows(
                     "select resource_id, status, patient_ref from referral order by resource_id"
                 ),

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -84,7 +84,7 @@ def clean(server: FaultServer, tmp_path_factory: pytest.TempPathFactory) -> Snap
 def kill_points() -> list[tuple[str, int]]:
     rng = random.Random(SEED)
     # `_upsert` runs twice per page (raw_resource, referral; each in batches of 20), 6 pages.
-    phases = {
+    phases: dict[str, Callable[[], int]] = {
         "fetch": lambda: rng.randrange(PAGES),
         "upsert": lambda: rng.randint(1, 2 * PAGES),
         "watermark": lambda: 1,

@@ -27,8 +27,12 @@ def test_sqlite_locked_by_another_writer_fails_cleanly_then_completes(
     holder = sqlite3.connect(
         sqlite_url.removeprefix("sqlite:///"), check_same_thread=False, isolation_level=None
     )
+
     # Another process takes an exclusive lock while page 2 is on its way.
-    fault_server.before_page[2] = lambda: holder.execute("BEGIN EXCLUSIVE")
+    def take_the_lock() -> None:
+        holder.execute("BEGIN EXCLUSIVE")
+
+    fault_server.before_page[2] = take_the_lock
     try:
         outcome: Any
         try:

@@ -62,7 +62,10 @@ def test_transient_faults_are_retried_and_everything_loads_once(
     result = run(config)
     assert result.status == "succeeded", result.error
     assert (result.fetched, result.loaded, result.rejected) == (TOTAL, VALID, INVALID)
-    assert sum(fault_server.requests.values()) == TOTAL // PAGE_SIZE + injected
+    # Every page once plus every injected fault; on a loaded machine a healthy page can also miss the short
+    # read timeout and be asked again, within the retry budget (6 attempts a page), so no exact count.
+    requests = sum(fault_server.requests.values())
+    assert TOTAL // PAGE_SIZE + injected <= requests <= (TOTAL // PAGE_SIZE + 1) * 6
     assert all(not script for script in fault_server.faults.values())  # every fault was served
     assert_complete(sqlite_url, fault_server)
 

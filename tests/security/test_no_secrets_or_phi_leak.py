@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from typer.testing import CliRunner
 
+from tests.flow_states import final_state
+
 BEARER = "bearer-TOKEN-9f8e7d6c5b4a"
 PASSWORD = "basic-PASSWORD-1a2b3c4d"
 ACCESS_TOKEN = "smart-ACCESS-TOKEN-0z9y8x"
@@ -162,7 +164,7 @@ def test_full_sync_and_cli_output_hold_no_secret_and_no_phi(
 
     with respx.mock(assert_all_called=True) as mock:
         _mock_servers(mock)
-        flow_state = asyncio.run(sync_all(str(config), run_id="leak", return_state=True))
+        flow_state = final_state(sync_all(str(config), run_id="leak", return_state=True))
         sent_auth = {
             str(call.request.headers.get("Authorization"))
             for route in mock.routes

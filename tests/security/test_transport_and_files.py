@@ -28,7 +28,7 @@ def _endpoint(**kw: object) -> EndpointSettings:
         base_url=BASE,
         retry=retry,
         auth=AuthSettings(type="bearer", token=TOKEN),
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
 
 
