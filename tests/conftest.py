@@ -7,6 +7,7 @@ are skipped when it cannot be reached, except on CI (CI=true), where that is a f
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,13 +49,17 @@ def _admin_engine(url: sa.URL) -> Engine:
     )
 
 
+def _pg_admin_url() -> sa.URL:
+    admin_url = sa.make_url(os.environ.get("CONNECTOR_TEST_PG_URL") or DEFAULT_PG_URL)
+    if admin_url.drivername == "postgresql":
+        admin_url = admin_url.set(drivername="postgresql+psycopg")
+    return admin_url
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh, empty database for this test session, dropped at the end."""
-    raw = os.environ.get("CONNECTOR_TEST_PG_URL") or DEFAULT_PG_URL
-    admin_url = sa.make_url(raw)
-    if admin_url.drivername == "postgresql":
-        admin_url = admin_url.set(drivername="postgresql+psycopg")
+    admin_url = _pg_admin_url()
     shown = admin_url.render_as_string(hide_password=True)
     admin = _admin_engine(admin_url)
     name = f"connector_test_{uuid.uuid4().hex[:12]}"
@@ -98,11 +103,60 @@ def warehouse_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite warehouse migrated once per session; each `engine` test gets a copy."""
+    path = tmp_path_factory.mktemp("template") / "wh.db"
+    eng = make_engine(f"sqlite:///{path}")
+    try:
+        migrate(eng)
+    finally:
+        eng.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def _pg_template(pg_url: str) -> Iterator[str]:
+    """The name of a PostgreSQL database migrated once per session; `engine` tests start from a copy."""
+    name = f"{sa.make_url(pg_url).database}_template"
+    admin = _admin_engine(_pg_admin_url())
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        eng = make_engine(sa.make_url(pg_url).set(database=name).render_as_string(hide_password=False))
+        try:
+            migrate(eng)
+        finally:
+            eng.dispose()
+        yield name
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
 @pytest.fixture
-def engine(warehouse_url: str) -> Iterator[Engine]:
-    """A migrated warehouse engine, disposed after the test."""
+def engine(warehouse_url: str, request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """A migrated warehouse engine, disposed after the test.
+
+    The schema is migrated once per session and copied for each test (a file copy on SQLite, CREATE
+    DATABASE ... TEMPLATE on PostgreSQL): running every migration per test took most of the suite's time.
+    """
+    url = sa.make_url(warehouse_url)
+    if url.get_backend_name() == "sqlite":
+        assert url.database is not None
+        shutil.copyfile(request.getfixturevalue("_sqlite_template"), url.database)
+    else:
+        template = request.getfixturevalue("_pg_template")
+        admin = _admin_engine(_pg_admin_url())
+        try:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+                conn.exec_driver_sql(f'CREATE DATABASE "{url.database}" TEMPLATE "{template}"')
+        finally:
+            admin.dispose()
     eng = make_engine(warehouse_url)
-    migrate(eng)
+    migrate(eng)  # at the head already: only checks the revision
     try:
         yield eng
     finally:
