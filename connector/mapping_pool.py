@@ -144,7 +144,7 @@ def _map_in_worker(
     if sink is None:
         return mapped
     del resources, included
-    engine = _engine(sink.url)
+    engine = _engine(sink.url.get_secret_value())
     # SQLite has one write lock, and a writer that finds it taken polls for it, sleeping up to 100 ms at a
     # time: the pages' writes took turns erratically (a 100,000-resource load ran 15 to 32 s). The workers
     # queue on a lock of their own instead, which wakes the next one as soon as it is free.

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 import sqlalchemy as sa
+from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 
 from connector import mapping_pool
@@ -101,7 +102,7 @@ def test_a_worker_writes_the_page_itself_and_sends_back_no_rows(engine: Engine) 
 
     endpoint = EndpointSettings(name="clinic", base_url="https://emr.test/fhir")
     url = engine.url.render_as_string(hide_password=False)
-    sink = PageSink(url, endpoint, "last-updated", 100)
+    sink = PageSink(SecretStr(url), endpoint, "last-updated", 100)
     assert url not in repr(sink)  # the URL may hold the password
     page = Page(resources=service_requests(230), included=[], bundle_last_updated=None, number=1)
     job = MapJob("clinic", "ServiceRequest", page, SYNCED_AT, None, MappingOptions(), sink)
@@ -152,7 +153,9 @@ def test_workers_write_to_sqlite_one_at_a_time_through_a_lock_of_their_own(
     monkeypatch.setattr(mapping_pool, "write_mapped", spy)
     monkeypatch.setattr(mapping_pool, "_engines", {})  # this process plays the worker
     endpoint = EndpointSettings(name="clinic", base_url="https://emr.test/fhir")
-    sink = PageSink(engine.url.render_as_string(hide_password=False), endpoint, "last-updated", 100)
+    sink = PageSink(
+        SecretStr(engine.url.render_as_string(hide_password=False)), endpoint, "last-updated", 100
+    )
     document = orjson.dumps([service_requests(70), []])
     try:
         mapped = mapping_pool._map_in_worker(
@@ -287,3 +290,13 @@ def test_a_dead_worker_fails_the_page_clearly_and_the_next_page_gets_a_new_pool(
         asyncio.run(mapper(job))
     assert mapping_pool._pool(1) is not pool
     assert len(asyncio.run(mapper(job)).raw) > 0
+
+
+def test_the_warehouse_password_crosses_to_workers_as_a_secret() -> None:
+    from connector.sync.pipeline import PageSink
+
+    endpoint = EndpointSettings(name="clinic", base_url="https://emr.test/fhir")
+    sink = PageSink(SecretStr("postgresql+psycopg://etl:s3cret-pw@db/wh"), endpoint, "last-updated", 100)
+    assert "s3cret-pw" not in repr(sink)
+    assert "s3cret-pw" not in str(sink)
+    assert sink.url.get_secret_value().endswith("@db/wh")

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 
 from connector.config import EndpointSettings
@@ -318,8 +319,8 @@ class PageSink:
     every page before it is written.
     """
 
-    #: The warehouse URL, password included (it crosses to the worker only): never shown.
-    url: str = field(repr=False)
+    #: The warehouse URL, password included: a secret that crosses to the worker only, never shown.
+    url: SecretStr
     endpoint: EndpointSettings
     mode: str
     batch_size: int
@@ -394,7 +395,7 @@ async def run_stream(
     progress.stream_started(endpoint.name, rt)
     tracker = WatermarkTracker(plan.mode)
     sink_to = (
-        PageSink(engine.url.render_as_string(hide_password=False), endpoint, plan.mode, batch_size)
+        PageSink(SecretStr(engine.url.render_as_string(hide_password=False)), endpoint, plan.mode, batch_size)
         if shared_by_processes(engine)
         else None
     )

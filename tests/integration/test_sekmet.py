@@ -186,7 +186,8 @@ def check_mapped_tables(url: str, practice: Practice) -> None:
     tables = set(sa.inspect(sa.create_engine(url, poolclass=sa.pool.NullPool)).get_table_names())
     for rt, targets in TARGET_TABLES.items():
         present = [t for t in targets if t in tables and t not in BOOKKEEPING]
-        if not present or not practice.of(rt):
+        synced = rt in DEFAULT_RESOURCES or rt in DIRECTORY_RESOURCES  # Patient only when listed
+        if not present or not practice.of(rt) or not synced:
             continue
         ids: set[str] = set()
         for table in present:
