@@ -300,3 +300,22 @@ def test_the_warehouse_password_crosses_to_workers_as_a_secret() -> None:
     assert "s3cret-pw" not in repr(sink)
     assert "s3cret-pw" not in str(sink)
     assert sink.url.get_secret_value().endswith("@db/wh")
+
+
+def test_workers_get_an_absolute_sqlite_path(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A pooled worker keeps the working directory of the run that started it: `connector demo` run later
+    # in another folder wrote to a warehouse file there ("no such table: raw_resource").
+    from connector.sync.pipeline import worker_url
+    from connector.warehouse.engine import make_engine
+
+    monkeypatch.chdir(tmp_path)
+    relative = make_engine("sqlite:///demo-warehouse.db")
+    try:
+        assert worker_url(relative).get_secret_value() == f"sqlite:///{tmp_path / 'demo-warehouse.db'}"
+    finally:
+        relative.dispose()
+    absolute = make_engine(f"sqlite:///{tmp_path}/wh.db")
+    try:
+        assert worker_url(absolute).get_secret_value() == f"sqlite:///{tmp_path}/wh.db"
+    finally:
+        absolute.dispose()

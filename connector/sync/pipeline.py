@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -326,6 +327,20 @@ class PageSink:
     batch_size: int
 
 
+def worker_url(engine: Engine) -> SecretStr:
+    """The warehouse URL a mapping worker connects with: a relative SQLite path made absolute here, since
+    a pooled worker kept the working directory of the run that started it, not this run's."""
+    url = engine.url
+    database = url.database or ""
+    if (
+        url.get_backend_name() == "sqlite"
+        and database not in ("", ":memory:")
+        and not database.startswith("file:")
+    ):
+        url = url.set(database=str(Path(database).expanduser().resolve()))
+    return SecretStr(url.render_as_string(hide_password=False))
+
+
 @dataclass(frozen=True, slots=True)
 class MapJob:
     """One page to validate and map, with what the mapping needs besides the resources."""
@@ -395,9 +410,7 @@ async def run_stream(
     progress.stream_started(endpoint.name, rt)
     tracker = WatermarkTracker(plan.mode)
     sink_to = (
-        PageSink(SecretStr(engine.url.render_as_string(hide_password=False)), endpoint, plan.mode, batch_size)
-        if shared_by_processes(engine)
-        else None
+        PageSink(worker_url(engine), endpoint, plan.mode, batch_size) if shared_by_processes(engine) else None
     )
     ahead: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max(1, min(pages_ahead, MAX_PAGES_AHEAD)))
 
