@@ -46,4 +46,4 @@ chromium:
 	fi
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache demo-warehouse.db
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache demo-warehouse.db demo-warehouse.db-wal demo-warehouse.db-shm demo-report.html

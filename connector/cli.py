@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import sys
 import time
 import uuid
@@ -39,6 +40,25 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        out.print(f"connector {version('therapy-fhir-connector')}", markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """FHIR connector for therapy practices: sync referrals, eligibility, authorizations and denials."""
+
+
 deadletters_app = typer.Typer(help="Resources that failed validation or mapping.", no_args_is_help=True)
 app.add_typer(deadletters_app, name="deadletters")
 
@@ -318,6 +338,10 @@ def demo(
     try:
         metrics = summary.demo_metrics(engine)
         report_file = _guard(lambda: _demo_report(engine))
+        # Fold the write-ahead log into the file, so demo-warehouse.db alone holds the data (a copy of it is
+        # a complete warehouse) and no -wal / -shm files stay beside it.
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         engine.dispose()
     if json_out:
@@ -407,7 +431,14 @@ def init(
     """Write a commented example configuration to edit."""
     if path.exists() and not force:
         raise _fail(f"{path} exists; use --force to overwrite")
-    path.write_text(EXAMPLE_CONFIG, encoding="utf-8")
+    # 0600 from the start: the file is where credentials (or references to them) go.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(EXAMPLE_CONFIG)
+        path.chmod(0o600)  # --force over an existing file keeps its mode otherwise
+    except OSError as exc:
+        raise _fail(f"cannot write {path}: {exc.strerror}") from None
     out.print(f"Wrote {path}. Edit it, then run: connector check --config {path}", markup=False)
 
 
@@ -534,9 +565,9 @@ def _when(value: datetime | None) -> str:
 @deadletters_app.command("list")
 def deadletters_list(
     config: ConfigOption = None,
-    endpoint: Annotated[str | None, typer.Option("--endpoint", "-e")] = None,
+    endpoint: Annotated[str | None, typer.Option("--endpoint", "-e", help="Only this endpoint's.")] = None,
     include_resolved: Annotated[bool, typer.Option("--all", help="Include resolved ones.")] = False,
-    limit: int = 100,
+    limit: Annotated[int, typer.Option(help="Show at most this many.")] = 100,
     json_out: JsonOption = False,
 ) -> None:
     """List dead letters: which resource failed, why, how often."""

@@ -44,6 +44,17 @@ def test_demo_end_to_end_twice(tmp_path: Path) -> None:
     assert "New referrals per week" in first.stdout
     db = tmp_path / "demo-warehouse.db"
     assert db.exists()
+    # The .db file alone is the warehouse: its write-ahead log was folded into it.
+    assert (
+        not (tmp_path / "demo-warehouse.db-wal").exists()
+        or (tmp_path / "demo-warehouse.db-wal").stat().st_size == 0
+    )
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(db.read_bytes())
+    copied = sa.create_engine(f"sqlite:///{copy}")
+    with copied.connect() as conn:
+        assert conn.execute(sa.text("select count(*) from referral")).scalar_one() > 100
+    copied.dispose()
     engine = sa.create_engine(f"sqlite:///{db}")
     with engine.connect() as conn:
         referrals = conn.execute(sa.text("select count(*) from referral")).scalar_one()
@@ -103,9 +114,18 @@ def test_init_writes_a_valid_example_and_refuses_to_overwrite(tmp_path: Path) ->
     result = runner.invoke(app, ["init", str(target)])
     assert result.exit_code == 0
     assert "[[endpoints]]" in target.read_text()
+    assert target.stat().st_mode & 0o777 == 0o600  # credentials go in it: only its owner may read it
     again = runner.invoke(app, ["init", str(target)])
     assert again.exit_code == 1
     assert "exists" in again.output
+
+
+def test_version() -> None:
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"connector {version('therapy-fhir-connector')}"
 
 
 def test_config_error_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
