@@ -7,12 +7,13 @@ machine-readable output. Nothing printed here contains resource content or secre
 from __future__ import annotations
 
 import asyncio
+import difflib
 import functools
 import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from importlib import resources as package_files
@@ -27,7 +28,14 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from connector import progress as progress_events
-from connector.config import EXAMPLE_CONFIG, Settings, config_path, load_settings, quiet_third_party_logs
+from connector.config import (
+    EXAMPLE_CONFIG,
+    SUPPORTED_RESOURCES,
+    Settings,
+    config_path,
+    load_settings,
+    quiet_third_party_logs,
+)
 from connector.errors import ConnectorError, MappingError
 
 if TYPE_CHECKING:
@@ -267,9 +275,34 @@ def _summary_table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
+def _did_you_mean(word: str, choices: Sequence[str]) -> str:
+    lowered = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return f"; did you mean {lowered[close[0]]}?" if close else ""
+
+
+def check_selection(settings: Settings, endpoints: Sequence[str], resources: Sequence[str]) -> str | None:
+    """Why `--endpoint` / `--resource` select nothing they name (a typo, a type not configured), or None."""
+    names = [e.name for e in settings.endpoints]
+    for name in endpoints:
+        if name not in names:
+            return f"no endpoint named {name!r}{_did_you_mean(name, names)} (configured: {', '.join(names)})"
+    chosen = [e for e in settings.endpoints if e.enabled and (not endpoints or e.name in endpoints)]
+    for rtype in resources:
+        if rtype not in SUPPORTED_RESOURCES:
+            return f"unknown resource type {rtype!r}{_did_you_mean(rtype, SUPPORTED_RESOURCES)}"
+        if not any(rtype in e.resources for e in chosen):
+            where = ", ".join(e.name for e in chosen) or "no enabled endpoint"
+            return f"{rtype} is not in the resources of {where}: add it to `resources` to sync it"
+    return None
+
+
 def _sync_command(
     settings: Settings, endpoints: list[str], resources: list[str], full_refresh: bool, json_out: bool
 ) -> list[dict[str, Any]]:
+    mistake = check_selection(settings, endpoints, resources)
+    if mistake is not None:
+        raise _fail(mistake, code=2)
     rows, reason, seconds = _guard(
         lambda: _run_sync(
             settings, endpoints=endpoints, resources=resources, full_refresh=full_refresh, json_out=json_out

@@ -199,3 +199,35 @@ def test_check_says_when_auth_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert result.exit_code == 1
     assert "auth failed" in result.output
     assert "expired-token" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["-r", "Servicerequest"],
+            "error: unknown resource type 'Servicerequest'; did you mean ServiceRequest?",
+        ),
+        (
+            ["-r", "Patient"],
+            "error: Patient is not in the resources of folder: add it to `resources` to sync it",
+        ),
+        (["-e", "foldr"], "error: no endpoint named 'foldr'; did you mean folder? (configured: folder)"),
+        (["-r", "Bogus"], "error: unknown resource type 'Bogus'"),
+    ],
+)
+def test_a_selection_that_selects_nothing_is_an_error_not_an_empty_run(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    # A typo'd --resource used to print an empty summary and exit 0.
+    folder = tmp_path / "export"
+    folder.mkdir()
+    config = tmp_path / "connector.toml"
+    config.write_text(
+        f'[warehouse]\nurl = "sqlite:///{tmp_path}/wh.db"\n'
+        f'[[endpoints]]\nname = "folder"\nndjson_dir = "{folder}"\nresources = ["ServiceRequest"]\n'
+    )
+    result = runner.invoke(app, ["sync", "--config", str(config), *args])
+    assert result.exit_code == 2
+    assert result.output.strip() == message
+    assert not (tmp_path / "wh.db").exists()  # nothing ran
