@@ -30,6 +30,7 @@ from sqlalchemy.engine import Engine
 
 from connector.errors import ConnectorError
 from connector.fhir.ndjson import NdjsonPage
+from connector.fhir.page import Entries, Page, counts_of
 from connector.fhir.paging import entry_texts
 from connector.gc_tuning import freeze_startup_objects
 from connector.sync.pipeline import (
@@ -87,9 +88,9 @@ class PoolMapper:
 
     async def __call__(self, job: MapJob) -> MappedPage:
         page = job.page
-        if sum(page.counts) < MIN_POOL_PAGE:
+        if sum(counts_of(page)) < MIN_POOL_PAGE:
             return await map_inline(job)
-        if page.body is not None:
+        if isinstance(page, Page):
             document, deferred = page.body, True  # the worker parses the Bundle (once, there)
         else:
             try:
@@ -99,8 +100,9 @@ class PoolMapper:
                 return await map_inline(job)
         # A page with NDJSON lines that are not JSON is written here: those lines become dead letters too.
         sink = job.sink if not (isinstance(page, NdjsonPage) and page.bad_lines) else None
-        # Only the document travels on: the parsed resources can go while the worker maps.
-        job = dataclasses.replace(job, page=dataclasses.replace(page, resources=[], included=[], body=None))
+        # Only the document travels on: the page itself can go while the worker maps.
+        rest = dataclasses.replace(page, resources=[], included=[]) if isinstance(page, NdjsonPage) else None
+        job = dataclasses.replace(job, page=rest or Entries([], number=page.number))
         del page
         pool = _pool(self.workers)
         loop = asyncio.get_running_loop()

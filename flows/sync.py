@@ -34,7 +34,7 @@ from connector.config import EndpointSettings, Settings, load_settings, with_dir
 from connector.errors import ConnectorError, TransientFhirError, WarehouseError
 from connector.fhir.client import FhirClient
 from connector.fhir.ndjson import NdjsonSource
-from connector.fhir.page import Page
+from connector.fhir.page import SourcePage
 from connector.mapping_pool import page_mapper, pages_ahead
 from connector.pushback.run import push_round, queue_metrics
 from connector.streams import Plan
@@ -149,7 +149,7 @@ async def sync_stream(job: StreamJob, local: Local | None = None) -> StreamResul
     """Fetch → map → load one resource stream (or one backfill window of it) of one endpoint."""
     plan = job.plan
     async with _stream_resources(job, local) as (settings, endpoint, engine), AsyncExitStack() as stack:
-        pages: AsyncIterator[Page]
+        pages: AsyncIterator[SourcePage]
         incremental = False
         if endpoint.is_server:
             client = await stack.enter_async_context(FhirClient(endpoint))
@@ -161,9 +161,8 @@ async def sync_stream(job: StreamJob, local: Local | None = None) -> StreamResul
             # After the first run, the overlap before the watermark is mostly resources stored already.
             incremental = watermark_at is not None
             params = window_params(plan, endpoint, job.window, watermark_at)
-            # With mapping workers, a page's entries are parsed there, once (see `Page.body`).
-            defer = settings.runtime.mapping_workers() != 0
-            pages = client.search(plan.resource_type, params, defer_entries=defer)
+            # A page's entries are parsed where it is mapped, once (see `connector.fhir.page`).
+            pages = client.search(plan.resource_type, params)
         else:
             assert endpoint.ndjson_dir is not None
             pages = NdjsonSource(endpoint.ndjson_dir, endpoint.page_size).pages(plan.resource_type)

@@ -26,6 +26,7 @@ from bench.server import ServerHandle, start_server
 from connector.config import EndpointSettings, parse_settings
 from connector.fhir import capabilities
 from connector.fhir.client import FhirClient
+from connector.fhir.paging import entries_of
 from connector.streams import plan_stream, stream_for
 from mappings.registry import map_resource
 from mappings.types import MapContext
@@ -159,7 +160,7 @@ def test_the_connector_reads_the_server_in_last_updated_mode(server: ServerHandl
             cap = await client.capabilities()
             found = []
             async for page in client.search("ServiceRequest", [("_sort", "_lastUpdated")]):
-                found += page.resources
+                found += entries_of(page).resources
             return cap, found
 
     cap, found = asyncio.run(read())

@@ -19,8 +19,8 @@ from connector.config import EndpointSettings
 from connector.errors import AuthError, FatalFhirError, TransientFhirError
 from connector.fhir import paging
 from connector.fhir.client import FhirClient
-from connector.fhir.page import Page
-from connector.fhir.paging import ResourceTexts, entries_of, entry_texts, read_page, split_page, with_entries
+from connector.fhir.page import Entries, Page
+from connector.fhir.paging import ResourceTexts, entries_of, entry_texts, read_page, split_page
 from mappings.canonical import canonical_json
 
 BASE = "https://emr.example.org/fhir/R4"
@@ -68,21 +68,20 @@ def collect(
     *,
     sleep: FakeSleep | None = None,
     resource_type: str = "ServiceRequest",
-    pages: list[Page] | None = None,
-    defer: bool = False,
-) -> list[Page]:
-    """Run one search to the end; pages read before an error are kept in `pages`.
-
-    With `defer`, the client leaves the entries unparsed; they are parsed here (`with_entries`) after
-    checking that they were, so the assertions on pages hold for both ways of reading them.
-    """
+    pages: list[Entries] | None = None,
+) -> list[Entries]:
+    """Run one search to the end, each page's entries parsed; pages read before an error are kept in
+    `pages`. The client leaves the entries unparsed (they are parsed where a page is mapped)."""
     out = [] if pages is None else pages
 
-    async def run() -> list[Page]:
+    async def run() -> list[Entries]:
         async with FhirClient(settings, sleep=sleep or FakeSleep()) as client:
-            async for page in client.search(resource_type, params, defer_entries=defer):
-                assert (page.body is not None) == defer
-                out.append(with_entries(page))
+            async for page in client.search(resource_type, params):
+                assert isinstance(page, Page)
+                parsed = entries_of(page)
+                assert (parsed.number, parsed.bundle_last_updated) == (page.number, page.bundle_last_updated)
+                assert (len(parsed.resources), len(parsed.included), len(parsed.outcomes)) == page.counts
+                out.append(parsed)
         return out
 
     return asyncio.run(run())
@@ -102,11 +101,7 @@ def request(
 
 
 #: Both ways the client reads a page: entries parsed here, or left for a mapping worker.
-both_ways = pytest.mark.parametrize("defer", [False, True], ids=["parsed", "deferred"])
-
-
-@both_ways
-def test_three_pages_follow_next_links_verbatim(defer: bool) -> None:
+def test_three_pages_follow_next_links_verbatim() -> None:
     # Servers keep cursor state in next links (HAPI _getpages, opaque tokens): we must not touch them.
     page2 = f"{BASE}?_getpages=9f3c1b2e-opaque&_getpagesoffset=200&_count=200&_bundletype=searchset"
     page3_rel = "ServiceRequest?ct=eyJvZmZzZXQiOjQwMH0%3D&_count=200"
@@ -119,7 +114,7 @@ def test_three_pages_follow_next_links_verbatim(defer: bool) -> None:
         )
         second = router.get(url__eq=page2).respond(json=bundle([match("c")], next_url=page3_rel))
         third = router.get(url__eq=page3).respond(json=bundle([match("d")]))
-        pages = collect(endpoint(), {"_lastUpdated": "ge2026-02-28T00:00:00Z"}, defer=defer)
+        pages = collect(endpoint(), {"_lastUpdated": "ge2026-02-28T00:00:00Z"})
 
     assert [p.number for p in pages] == [1, 2, 3]
     assert [[r["id"] for r in p.resources] for p in pages] == [["a", "b"], ["c"], ["d"]]
@@ -149,8 +144,7 @@ def test_caller_params_as_pairs_keep_repeats_and_own_count() -> None:
     assert pages[0].resources == []
 
 
-@both_ways
-def test_match_include_and_outcome_entries_are_separated(defer: bool) -> None:
+def test_match_include_and_outcome_entries_are_separated() -> None:
     warning = {
         "resource": {
             "resourceType": "OperationOutcome",
@@ -167,7 +161,7 @@ def test_match_include_and_outcome_entries_are_separated(defer: bool) -> None:
     ]
     with respx.mock(base_url=BASE, assert_all_called=True) as router:
         router.get("/ServiceRequest").respond(json=bundle(entries))
-        (page,) = collect(endpoint(), {}, defer=defer)
+        (page,) = collect(endpoint(), {})
     assert [r["id"] for r in page.resources] == ["sr-1", "sr-2"]
     assert [r["id"] for r in page.included] == ["pr-1"]
     assert [o["resourceType"] for o in page.outcomes] == ["OperationOutcome"]
@@ -183,7 +177,7 @@ def test_match_include_and_outcome_entries_are_separated(defer: bool) -> None:
     ],
 )
 def test_next_link_to_another_origin_is_refused(foreign: str) -> None:
-    pages: list[Page] = []
+    pages: list[Entries] = []
     with respx.mock(base_url=BASE, assert_all_called=True) as router:
         router.get("/ServiceRequest").respond(json=bundle([match("a")], next_url=foreign))
         with pytest.raises(FatalFhirError) as info:
@@ -241,8 +235,7 @@ def test_next_link_back_to_the_first_page_stops() -> None:
         b'{"resourceType": "OperationOutcome", "issue": []}',  # not a Bundle
     ],
 )
-@both_ways
-def test_broken_page_body_is_refetched(bad_body: bytes, defer: bool) -> None:
+def test_broken_page_body_is_refetched(bad_body: bytes) -> None:
     sleep = FakeSleep()
     with respx.mock(base_url=BASE, assert_all_called=True) as router:
         route = router.get("/ServiceRequest").mock(
@@ -251,23 +244,22 @@ def test_broken_page_body_is_refetched(bad_body: bytes, defer: bool) -> None:
                 httpx.Response(200, json=bundle([match("a")])),
             ]
         )
-        pages = collect(endpoint(), {}, sleep=sleep, defer=defer)
+        pages = collect(endpoint(), {}, sleep=sleep)
     assert route.call_count == 2
     assert len(sleep.delays) == 1
     assert [r["id"] for r in pages[0].resources] == ["a"]
 
 
-@both_ways
-def test_broken_page_body_every_time_gives_up_as_transient(defer: bool) -> None:
+def test_broken_page_body_every_time_gives_up_as_transient() -> None:
     with respx.mock(base_url=BASE, assert_all_called=True) as router:
         route = router.get("/ServiceRequest").respond(200, content=b'{"resourceType": "Bun')
         with pytest.raises(TransientFhirError) as info:
-            collect(endpoint(retry={"max_attempts": 3}), {}, defer=defer)
+            collect(endpoint(retry={"max_attempts": 3}), {})
     assert route.call_count == 3
     assert "not valid JSON" in str(info.value.__cause__)
 
 
-def test_a_deferred_page_counts_and_heads_as_a_parsed_one() -> None:
+def test_a_page_counts_and_heads_as_its_parsed_entries() -> None:
     entries: list[Any] = [
         match("sr-1"),
         match("sr-2", mode=None),
@@ -279,16 +271,14 @@ def test_a_deferred_page_counts_and_heads_as_a_parsed_one() -> None:
         {"resource": {"resourceType": "ServiceRequest", "id": "sr-3"}, "search": {"mode": 7}},
     ]
     body = orjson.dumps(bundle(entries, next_url=f"{BASE}?page=2", last_updated="2026-03-01T10:00:00Z"))
-    deferred, link = read_page(body, url=BASE, number=4, defer=True)
-    parsed, parsed_link = read_page(body, url=BASE, number=4, defer=False)
-    assert deferred.body == body
-    assert parsed.body is None
-    assert link == parsed_link == f"{BASE}?page=2"
-    assert deferred.counts == parsed.counts == (3, 1)
-    assert deferred.deferred_counts == (3, 1, 1)
-    assert deferred.resources == deferred.included == []
-    assert with_entries(deferred) == parsed
-    assert with_entries(parsed) is parsed
+    page, link = read_page(body, url=BASE, number=4)
+    assert page.body == body
+    assert link == f"{BASE}?page=2"
+    assert page.counts == (3, 1, 1)
+    assert page.bundle_last_updated == "2026-03-01T10:00:00Z"
+    assert entries_of(page) == split_page(orjson.loads(body), number=4)
+    parsed = entries_of(page)
+    assert entries_of(parsed) is parsed
 
 
 def test_a_page_simdjson_refuses_is_read_in_full() -> None:
@@ -298,10 +288,11 @@ def test_a_page_simdjson_refuses_is_read_in_full() -> None:
         + orjson.dumps(match("sr-1"))
         + b"]}"
     )
-    page, link = read_page(body, url=BASE, number=1, defer=True)
-    assert page.body is None
+    page, link = read_page(body, url=BASE, number=1)
+    assert page.body == body
+    assert page.counts == (1, 0, 0)
     assert link is None
-    assert page == split_page(orjson.loads(body), number=1)
+    assert entries_of(page) == split_page(orjson.loads(body), number=1)
 
 
 def test_a_deferred_page_s_resources_read_one_by_one_equal_the_page_parsed_whole() -> None:
@@ -322,7 +313,7 @@ def test_a_deferred_page_s_resources_read_one_by_one_equal_the_page_parsed_whole
         match("sr-3", mode=None),
     ]
     body = orjson.dumps(bundle(entries))
-    whole = entries_of(body, number=2)
+    whole = split_page(orjson.loads(body), number=2)
     resources, included = entry_texts(body, number=2)
     assert isinstance(resources, ResourceTexts)
     assert len(resources) == 3
@@ -339,9 +330,9 @@ def test_a_page_is_read_while_an_object_of_the_thread_s_last_simdjson_document_i
     first = orjson.dumps(bundle([match("sr-1")]))
     second = orjson.dumps(bundle([match("sr-2"), match("sr-3")]))
     held = paging._simdjson_bundle(first)
-    page, _ = read_page(second, url=BASE, number=2, defer=True)
+    page, _ = read_page(second, url=BASE, number=2)
     assert page.body == second
-    assert page.counts == (2, 0)
+    assert page.counts == (2, 0, 0)
     resources, _ = entry_texts(second, number=2)
     assert [r["id"] for r in resources] == ["sr-2", "sr-3"]
     assert held["entry"][0]["resource"]["id"] == "sr-1"
@@ -354,7 +345,7 @@ def test_a_page_simdjson_refuses_is_split_by_parsing_it_whole() -> None:
         + b"]}"
     )
     resources, included = entry_texts(body, number=1)
-    assert resources == entries_of(body, number=1).resources == [match("sr-1")["resource"]]
+    assert resources == split_page(orjson.loads(body), number=1).resources == [match("sr-1")["resource"]]
     assert included == []
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 
 from connector import mapping_pool
 from connector.config import EndpointSettings
-from connector.fhir.page import Page
+from connector.fhir.page import Entries
 from connector.fhir.paging import read_page
 from connector.streams import Plan
 from connector.sync.pipeline import MapJob, MappedPage, StreamResult, map_page, run_stream
@@ -70,7 +70,7 @@ def comparable(page: MappedPage) -> dict[str, Any]:
 def test_a_page_mapped_by_a_worker_equals_one_mapped_here() -> None:
     resources = service_requests(230)
     included = demo("Practitioner")[:5]
-    page = Page(resources=resources, included=included, bundle_last_updated=None, number=1)
+    page = Entries(resources, included, number=1)
     job = MapJob("clinic", "ServiceRequest", page, SYNCED_AT, None, MappingOptions(validation="strict"))
     pooled = asyncio.run(mapping_pool.PoolMapper(2)(job))
     here = map_page(job)
@@ -87,11 +87,11 @@ def bundle_body(resources: list[dict[str, Any]], included: list[dict[str, Any]])
 
 def test_a_page_left_unparsed_is_parsed_and_mapped_by_the_worker_as_here() -> None:
     resources, included = service_requests(150), demo("Practitioner")[:3]
-    page, _ = read_page(bundle_body(resources, included), url="https://emr.test", number=1, defer=True)
-    assert page.body is not None
+    page, _ = read_page(bundle_body(resources, included), url="https://emr.test", number=1)
+    assert page.counts == (150, 3, 0)
     job = MapJob("clinic", "ServiceRequest", page, SYNCED_AT, None, MappingOptions())
     pooled = asyncio.run(mapping_pool.PoolMapper(2)(job))
-    parsed = Page(resources=resources, included=included, bundle_last_updated=None, number=1)
+    parsed = Entries(resources, included, number=1)
     assert comparable(pooled) == comparable(map_page(dataclasses.replace(job, page=parsed)))
     assert comparable(map_page(job)) == comparable(pooled)  # mapped here, the page is parsed first
     assert len(pooled.raw) + len(pooled.rejects) == 150
@@ -104,7 +104,7 @@ def test_a_worker_writes_the_page_itself_and_sends_back_no_rows(engine: Engine) 
     url = engine.url.render_as_string(hide_password=False)
     sink = PageSink(SecretStr(url), endpoint, "last-updated", 100)
     assert url not in repr(sink)  # the URL may hold the password
-    page = Page(resources=service_requests(230), included=[], bundle_last_updated=None, number=1)
+    page = Entries(service_requests(230), [], number=1)
     job = MapJob("clinic", "ServiceRequest", page, SYNCED_AT, None, MappingOptions(), sink)
     here = map_page(job)
     pooled = asyncio.run(mapping_pool.PoolMapper(2)(job))
@@ -186,12 +186,7 @@ def test_small_pages_stay_in_this_process(monkeypatch: pytest.MonkeyPatch) -> No
         raise AssertionError("a small page went to the pool")
 
     monkeypatch.setattr(mapping_pool, "_pool", no_pool)
-    page = Page(
-        resources=service_requests(mapping_pool.MIN_POOL_PAGE - 1),
-        included=[],
-        bundle_last_updated=None,
-        number=1,
-    )
+    page = Entries(service_requests(mapping_pool.MIN_POOL_PAGE - 1), number=1)
     job = MapJob("clinic", "ServiceRequest", page, SYNCED_AT, None, MappingOptions())
     assert len(asyncio.run(mapping_pool.PoolMapper(2)(job)).raw) > 0
 
@@ -212,7 +207,7 @@ def timed_referrals(count: int) -> list[dict[str, Any]]:
     return resources
 
 
-def stream(engine: Engine, pages: AsyncIterator[Page], workers: int) -> StreamResult:
+def stream(engine: Engine, pages: AsyncIterator[Entries], workers: int) -> StreamResult:
     """One ServiceRequest stream of `pages` into `engine`, with `workers` mapping workers."""
     return asyncio.run(
         run_stream(
@@ -258,7 +253,7 @@ def test_pages_workers_wrote_before_a_failed_fetch_stay_and_the_watermark_does_n
 ) -> None:
     from connector.errors import TransientFhirError
 
-    async def pages() -> AsyncIterator[Page]:
+    async def pages() -> AsyncIterator[Entries]:
         async for page in pages_of(timed_referrals(300), 100):
             yield page
         raise TransientFhirError("GET /ServiceRequest failed: 503")
@@ -277,7 +272,7 @@ def test_a_dead_worker_fails_the_page_clearly_and_the_next_page_gets_a_new_pool(
     import os
     import signal
 
-    page = Page(resources=service_requests(100), included=[], bundle_last_updated=None, number=1)
+    page = Entries(service_requests(100), [], number=1)
     job = MapJob("clinic", "ServiceRequest", page, SYNCED_AT, None, MappingOptions())
     mapper = mapping_pool.PoolMapper(1)
     assert asyncio.run(mapper(job)).raw  # the pool is up

@@ -550,4 +550,4 @@ async def bulk_pages(
                 f"the manifest's count is {file.count}"
             )
     if number == 0:
-        yield NdjsonPage([], [], None, 1)
+        yield NdjsonPage([], number=1)

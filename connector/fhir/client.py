@@ -130,13 +130,11 @@ class FhirClient:
             )
         return data
 
-    async def search(
-        self, resource_type: str, params: Params, *, defer_entries: bool = False
-    ) -> AsyncGenerator[Page, None]:
+    async def search(self, resource_type: str, params: Params) -> AsyncGenerator[Page, None]:
         """GET [base]/{type}?params, then follow Bundle.link[next] verbatim, one Page at a time.
 
-        `_count` is set from `page_size` unless the caller gave one. With `defer_entries`, pages keep
-        their entries unparsed (`Page.body`) for a mapping worker to parse.
+        `_count` is set from `page_size` unless the caller gave one. Pages keep their entries unparsed
+        (`Page.body`): they are parsed where the page is mapped, once.
         """
         if not TYPE_RE.fullmatch(resource_type):
             raise ValueError(f"not a FHIR resource type: {resource_type!r}")
@@ -149,9 +147,9 @@ class FhirClient:
         fetched = 0
         while True:
             guard.visit(url)
-            page, link = await self._with_retries("GET", url, page=(number, defer_entries))
+            page, link = await self._with_retries("GET", url, page=number)
             fetched += page.counts[0]
-            outcomes = page.outcome_count
+            outcomes = page.counts[2]
             if outcomes:
                 logger.warning(
                     "%s search page %d carries %d OperationOutcome warning(s)",
@@ -267,10 +265,10 @@ class FhirClient:
         *,
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
-        page: tuple[int, bool] | None = None,
+        page: int | None = None,
     ) -> Any:
-        """One attempt: send, classify, and (for search pages: `page` is (number, defer entries)) read
-        the page and its next link, so a broken page is refetched."""
+        """One attempt: send, classify, and (for search page number `page`) read the page and its next
+        link, so a broken page is refetched."""
         try:
             response = await self._http.request(
                 method,
@@ -284,6 +282,5 @@ class FhirClient:
             raise transport_error(exc, describe(method, url)) from exc
         raise_for_response(response)
         if page is not None:
-            number, defer = page
-            return read_page(response.content, url=url, number=number, defer=defer)
+            return read_page(response.content, url=url, number=page)
         return response

@@ -18,7 +18,7 @@ from typing import IO, Any
 import orjson
 
 from connector.errors import ConfigError, SourceFileError
-from connector.fhir.page import Page
+from connector.fhir.page import Entries
 
 _SUFFIXES = (".ndjson", ".ndjson.gz")
 _TYPE_RE = re.compile(r"^([A-Z][A-Za-z]+)(?:[.\-_].*)?$")
@@ -34,7 +34,9 @@ class BadLine:
 
 
 @dataclass(frozen=True, slots=True)
-class NdjsonPage(Page):
+class NdjsonPage(Entries):
+    """The resources of up to `page_size` lines, and the lines that are not JSON objects."""
+
     bad_lines: list[BadLine] = field(default_factory=list)
 
 
@@ -126,7 +128,7 @@ class NdjsonSource:
                 resources.append(item)
             if len(resources) + len(bad) >= self.page_size:
                 number += 1
-                yield NdjsonPage(resources, [], None, number, bad_lines=bad)
+                yield NdjsonPage(resources, number=number, bad_lines=bad)
                 resources, bad = [], []
         if resources or bad or number == 0:
-            yield NdjsonPage(resources, [], None, number + 1, bad_lines=bad)
+            yield NdjsonPage(resources, number=number + 1, bad_lines=bad)

@@ -1,40 +1,50 @@
-"""One page of a FHIR search, split the way the loaders need it."""
+"""Pages as the sources give them to the page executor (`connector.mapping_pool.page_mapper`).
+
+A search `Page` is always the Bundle's bytes as the server sent them, checked to be a JSON Bundle, with
+what paging needs of its head and how many entries of each kind it holds: its entries are parsed once,
+where the page is mapped (in a worker process, or by `connector.fhir.paging.entries_of`). `Entries` are
+resources already parsed: an NDJSON page, or a search page after the unchanged resources were taken out.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One searchset Bundle, already separated by `entry.search.mode`."""
+    """One searchset Bundle, unparsed."""
 
-    #: Entries whose search.mode is "match" or absent: the resources the search asked for.
-    resources: list[dict[str, Any]]
-    #: Entries with search.mode == "include" (`_include` / `_revinclude` targets).
-    included: list[dict[str, Any]]
-    #: Bundle.meta.lastUpdated exactly as the server sent it (used as a watermark candidate).
-    bundle_last_updated: str | None
+    body: bytes = field(repr=False)
     #: 1-based page number within the search.
     number: int
+    #: Bundle.meta.lastUpdated exactly as the server sent it (used as a watermark candidate).
+    bundle_last_updated: str | None
+    #: Entries holding a resource, by search.mode: (match or none, include, outcome).
+    counts: tuple[int, int, int] = (0, 0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Entries:
+    """Parsed resources of one page."""
+
+    #: The resources the search (or the file) holds: search.mode "match" or absent.
+    resources: list[dict[str, Any]]
+    #: Entries with search.mode == "include" (`_include` / `_revinclude` targets).
+    included: list[dict[str, Any]] = field(default_factory=list)
     #: OperationOutcome entries with search.mode == "outcome": server warnings about the search.
     outcomes: list[dict[str, Any]] = field(default_factory=list)
-    #: The Bundle as the server sent it, when its entries are left unparsed (`resources`, `included` and
-    #: `outcomes` are then empty and `deferred_counts` counts them): a mapping worker parses them, so a
-    #: page is parsed once, not here and again there. `paging.with_entries` parses them here.
-    body: bytes | None = field(default=None, repr=False)
-    #: Of a page with `body`: its (match, include, outcome) entries that hold a resource.
-    deferred_counts: tuple[int, int, int] = (0, 0, 0)
+    number: int = 0
+    bundle_last_updated: str | None = None
 
-    @property
-    def counts(self) -> tuple[int, int]:
-        """(matches, included) of the page, whether its entries are parsed or not."""
-        if self.body is not None:
-            return self.deferred_counts[0], self.deferred_counts[1]
-        return len(self.resources), len(self.included)
 
-    @property
-    def outcome_count(self) -> int:
-        """OperationOutcome entries of the page, whether its entries are parsed or not."""
-        return self.deferred_counts[2] if self.body is not None else len(self.outcomes)
+#: What a stream's source yields and the page executor takes.
+SourcePage: TypeAlias = Page | Entries
+
+
+def counts_of(page: SourcePage) -> tuple[int, int]:
+    """(matches, included) of a page, parsed or not."""
+    if isinstance(page, Page):
+        return page.counts[0], page.counts[1]
+    return len(page.resources), len(page.included)

@@ -17,7 +17,7 @@ import simdjson
 
 from connector.errors import FatalFhirError, TransientFhirError
 from connector.fhir.http import url_path
-from connector.fhir.page import Page
+from connector.fhir.page import Entries, Page, SourcePage
 
 logger = logging.getLogger(__name__)
 
@@ -95,33 +95,24 @@ def parse_bundle(body: bytes, *, url: httpx.URL | str) -> dict[str, Any]:
     return data
 
 
-def read_page(body: bytes, *, url: httpx.URL | str, number: int, defer: bool) -> tuple[Page, str | None]:
-    """The page and its next link. With `defer`, the entries stay unparsed in `Page.body`.
+def read_page(body: bytes, *, url: httpx.URL | str, number: int) -> tuple[Page, str | None]:
+    """The page, its entries left unparsed, and its next link.
 
-    Deferring still checks that the whole body is JSON and a Bundle (simdjson, about a tenth of a full
-    parse), so a broken page is refetched as before; the head (links, meta) and the entries' search
-    modes are read, nothing else. A body simdjson does not take (an integer beyond 64 bits, say) is
-    parsed in full instead, with the same errors as without `defer`.
+    The whole body is checked to be JSON and a Bundle (simdjson, about a tenth of a full parse), so a
+    broken page is refetched; the head (links, meta) and the entries' search modes are read, nothing
+    else. A body simdjson does not take (an integer beyond 64 bits, say) is parsed in full instead, with
+    the same errors.
     """
-    if defer:
-        document = _simdjson_bundle(body)
-        if document is not None:
-            counts = [0, 0, 0]
-            for entry in _entries(document):
-                kind = _entry_kind(entry)
-                if kind is not None:
-                    counts[kind] += 1
-            page = Page(
-                resources=[],
-                included=[],
-                bundle_last_updated=_last_updated(document),
-                number=number,
-                body=body,
-                deferred_counts=(counts[0], counts[1], counts[2]),
-            )
-            return page, next_link(document)
-    bundle = parse_bundle(body, url=url)
-    return split_page(bundle, number=number), next_link(bundle)
+    document = _simdjson_bundle(body)
+    if document is None:
+        document = parse_bundle(body, url=url)
+    counts = [0, 0, 0]
+    for entry in _entries(document):
+        kind = _entry_kind(entry)
+        if kind is not None:
+            counts[kind] += 1
+    page = Page(body, number, _last_updated(document), (counts[0], counts[1], counts[2]))
+    return page, next_link(document)
 
 
 #: Each thread's simdjson parser, kept between pages: a new parser allocates its buffers for every page,
@@ -160,14 +151,11 @@ def _kept_parser() -> Any:
     return parser
 
 
-def with_entries(page: Page) -> Page:
-    """The page with its entries parsed (itself when they are)."""
-    return page if page.body is None else entries_of(page.body, number=page.number)
-
-
-def entries_of(body: bytes, *, number: int) -> Page:
-    """The page `read_page` left unparsed, parsed (in a mapping worker, or by `with_entries`)."""
-    return split_page(_loads_entry(body, number), number=number)
+def entries_of(page: SourcePage) -> Entries:
+    """The page's entries, parsed (a page of `Entries` is itself)."""
+    if isinstance(page, Entries):
+        return page
+    return split_page(_loads_entry(page.body, page.number), number=page.number)
 
 
 class ResourceTexts(Sequence[Any]):
@@ -221,8 +209,8 @@ def entry_texts(body: bytes, *, number: int) -> tuple[Sequence[Any], list[Any]]:
     """
     document = _simdjson_bundle(body)
     if document is None:
-        page = entries_of(body, number=number)
-        return page.resources, page.included
+        parsed = split_page(_loads_entry(body, number), number=number)
+        return parsed.resources, parsed.included
     texts: tuple[list[bytes], list[bytes]] = ([], [])  # matches, includes: outcomes have nothing to load
     for entry in _entries(document):
         kind = _entry_kind(entry)
@@ -232,7 +220,7 @@ def entry_texts(body: bytes, *, number: int) -> tuple[Sequence[Any], list[Any]]:
     return ResourceTexts(matches, number=number), [_loads_entry(text, number) for text in included]
 
 
-def split_page(bundle: dict[str, Any], *, number: int) -> Page:
+def split_page(bundle: dict[str, Any], *, number: int) -> Entries:
     """Separate a searchset Bundle's entries by search.mode (match / include / outcome)."""
     sorted_entries: tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]] = ([], [], [])
     for entry in _entries(bundle):
@@ -240,13 +228,7 @@ def split_page(bundle: dict[str, Any], *, number: int) -> Page:
         if kind is not None:
             sorted_entries[kind].append(entry["resource"])
     resources, included, outcomes = sorted_entries
-    return Page(
-        resources=resources,
-        included=included,
-        bundle_last_updated=_last_updated(bundle),
-        number=number,
-        outcomes=outcomes,
-    )
+    return Entries(resources, included, outcomes, number, _last_updated(bundle))
 
 
 def _entries(bundle: Any) -> Any:

@@ -28,8 +28,8 @@ from sqlalchemy.engine import Engine
 from connector.config import EndpointSettings
 from connector.errors import ConnectorError, FhirError, MappingError, TransientFhirError, WarehouseError
 from connector.fhir.ndjson import NdjsonPage
-from connector.fhir.page import Page
-from connector.fhir.paging import with_entries
+from connector.fhir.page import Entries, SourcePage, counts_of
+from connector.fhir.paging import entries_of
 from connector.progress import sink
 from connector.pushback.intents import intents
 from connector.streams import Plan
@@ -347,7 +347,7 @@ class MapJob:
 
     endpoint: str
     resource_type: str
-    page: Page
+    page: SourcePage
     synced_at: datetime
     date_element: str | None
     options: MappingOptions
@@ -377,7 +377,7 @@ async def run_stream(
     engine: Engine,
     endpoint: EndpointSettings,
     plan: Plan,
-    pages: AsyncIterator[Page],
+    pages: AsyncIterator[SourcePage],
     run_id: str,
     synced_at: datetime,
     batch_size: int,
@@ -419,14 +419,14 @@ async def run_stream(
             async for page in pages:
                 unchanged: list[dict[str, Any]] = []
                 if skip_unchanged:
-                    page = with_entries(page)  # the hashes are checked here
+                    page = entries_of(page)  # the hashes are checked here
                     stored = await _stored_hashes(engine, endpoint.name, rt, page)
                     page, unchanged = _without_unchanged(page, stored)
                 job = MapJob(endpoint.name, rt, page, synced_at, plan.date_element, options, sink_to)
                 mapping = _counting_unchanged(mapper(job), unchanged, plan.date_element)
                 # The queue keeps what the write needs of the page, not its resources: those are freed
                 # once mapped (or shipped to a worker), so memory does not grow with the pages in flight.
-                seen = _PageSeen(page.bundle_last_updated, page.counts[1])
+                seen = _PageSeen(page.bundle_last_updated, counts_of(page)[1])
                 del page, job
                 await ahead.put((seen, asyncio.ensure_future(mapping)))
         except Exception as exc:  # handed to the consumer, which writes the pages before it first
@@ -500,14 +500,14 @@ async def run_stream(
     return result
 
 
-async def _stored_hashes(engine: Engine, endpoint: str, rt: str, page: Page) -> dict[str, str]:
+async def _stored_hashes(engine: Engine, endpoint: str, rt: str, page: Entries) -> dict[str, str]:
     ids = [r["id"] for r in page.resources if isinstance(r, dict) and isinstance(r.get("id"), str)]
     if not ids:
         return {}
     return await asyncio.to_thread(state.stored_hashes, engine, endpoint, rt, ids)
 
 
-def _without_unchanged(page: Page, stored: Mapping[str, str]) -> tuple[Page, list[dict[str, Any]]]:
+def _without_unchanged(page: Entries, stored: Mapping[str, str]) -> tuple[Entries, list[dict[str, Any]]]:
     """The page without the resources stored exactly so already (checked here, so that a page with
     nothing new costs a hash per resource, not a trip to a worker), and those resources."""
     if not stored:
@@ -615,7 +615,7 @@ def add_bad_lines(job: MapJob, mapped: MappedPage) -> MappedPage:
 
 
 def map_page(job: MapJob) -> MappedPage:
-    page = with_entries(job.page)
+    page = entries_of(job.page)
     mapped = map_lists(
         job.endpoint,
         job.resource_type,

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from connector.config import EndpointSettings, RuntimeSettings
 from connector.errors import FhirError, MappingError
 from connector.fhir.client import FhirClient
+from connector.fhir.paging import entries_of
 from connector.streams import Plan
 from connector.sync.pipeline import search_params
 from mappings.elements import fhir_instant, parse_fhir_datetime
@@ -76,7 +77,7 @@ def window_params(
 async def _first_last_updated(client: FhirClient, resource_type: str, sort: str) -> datetime | None:
     async with aclosing(client.search(resource_type, [("_sort", sort), ("_count", "1")])) as pages:
         async for page in pages:
-            for resource in page.resources:
+            for resource in entries_of(page).resources:
                 raw = (resource.get("meta") or {}).get("lastUpdated")
                 if isinstance(raw, str):
                     try:

@@ -24,7 +24,8 @@ import sqlalchemy as sa
 
 from connector.config import DEFAULT_RESOURCES, DIRECTORY_RESOURCES, EndpointSettings
 from connector.fhir.client import FhirClient
-from connector.fhir.page import Page
+from connector.fhir.page import Entries
+from connector.fhir.paging import entries_of
 from mappings.registry import TARGET_TABLES
 from tests.integration.practice import Practice, post_entry, post_transaction
 
@@ -225,10 +226,14 @@ def full_sync(
     return SyncedWarehouse(url, config, sync(config), practice.counts())
 
 
-def search_all(endpoint: EndpointSettings, resource_type: str, params: list[tuple[str, str]]) -> list[Page]:
-    async def go() -> list[Page]:
+def search_all(
+    endpoint: EndpointSettings, resource_type: str, params: list[tuple[str, str]]
+) -> list[Entries]:
+    """Every page of a search, its entries parsed."""
+
+    async def go() -> list[Entries]:
         async with FhirClient(endpoint) as client:
-            return [page async for page in client.search(resource_type, params)]
+            return [entries_of(page) async for page in client.search(resource_type, params)]
 
     return asyncio.run(go())
 
