@@ -17,7 +17,8 @@ from connector.fhir.client import FhirClient
 from connector.fhir.http import url_path
 from connector.fhir.ndjson import NdjsonSource
 from connector.streams import plan_stream, stream_for
-from connector.warehouse import bulk_state
+from connector.sync.bulk import should_use_bulk
+from connector.warehouse import bulk_state, state
 from connector.warehouse.engine import open_existing
 
 
@@ -75,9 +76,24 @@ def _yes_no(value: bool | None) -> str:
     return "-" if value is None else ("yes" if value else "NO")
 
 
+@dataclass(frozen=True, slots=True)
+class Known:
+    """What the warehouse knows of an endpoint that decides how its next sync runs."""
+
+    #: Streams with a watermark (their next sync is incremental).
+    synced: frozenset[str] = frozenset()
+    #: An export an earlier run left pending (`export_view`), which the next sync resumes.
+    export: dict[str, Any] | None = None
+
+
 async def check_endpoint(
-    endpoint: EndpointSettings, *, transport: httpx.AsyncBaseTransport | None = None
+    endpoint: EndpointSettings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    known: Known | None = None,
 ) -> EndpointReport:
+    """`known`: the warehouse's state of the endpoint, so the modes shown are those the next sync uses."""
+    known = known or Known()
     if not endpoint.is_server:
         return _check_ndjson(endpoint)
     report = EndpointReport(endpoint.name, "server")
@@ -93,11 +109,9 @@ async def check_endpoint(
             probe = None
             for rt in endpoint.resources:
                 supported = rt in types
-                plan = plan_stream(endpoint, stream_for(rt), capability)
+                mode, reason = _next_mode(endpoint, rt, capability, known)
                 report.streams.append(
-                    StreamCheck(
-                        rt, supported, caps.supports_last_updated(capability, rt), plan.mode, plan.reason
-                    )
+                    StreamCheck(rt, supported, caps.supports_last_updated(capability, rt), mode, reason)
                 )
                 if not supported:
                     report.problems.append(f"the server does not offer {rt}")
@@ -115,6 +129,21 @@ async def check_endpoint(
     except ConnectorError as exc:
         report.problems.append(str(exc))
     return report
+
+
+def _next_mode(
+    endpoint: EndpointSettings, rt: str, capability: dict[str, Any], known: Known
+) -> tuple[str, str]:
+    """The mode the next sync runs the stream in, and why: the same decision `plan_endpoint` makes."""
+    has_watermark = rt in known.synced
+    if should_use_bulk(endpoint, capability, has_watermark, pending=known.export is not None):
+        if known.export is not None:
+            return "bulk", "an export an earlier run kicked off is resumed"
+        if endpoint.bulk == "always":
+            return "bulk", "configured: bulk = always"
+        return "bulk", f"first load: the server offers $export at {endpoint.bulk_level} level (bulk = auto)"
+    plan = plan_stream(endpoint, stream_for(rt), capability)
+    return plan.mode, plan.reason
 
 
 def _check_bulk(endpoint: EndpointSettings, capability: dict[str, Any], report: EndpointReport) -> None:
@@ -141,15 +170,28 @@ def _check_bulk(endpoint: EndpointSettings, capability: dict[str, Any], report: 
         report.notes.append(f"an export would skip {', '.join(skipped)}: not in the CapabilityStatement")
 
 
-def export_in_progress(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Per endpoint, the export an earlier run left pending; read without creating or migrating anything."""
+def warehouse_state(settings: Settings) -> dict[str, Known]:
+    """Per endpoint, its streams with a watermark and the export an earlier run left pending.
+
+    Read without creating or migrating anything: with no warehouse yet, every stream's next sync is its
+    first.
+    """
     engine = open_existing(settings.warehouse.url)
     if engine is None:
         return {}
     try:
-        return {name: export_view(export) for name, export in bulk_state.pending_exports(engine).items()}
+        exports = bulk_state.pending_exports(engine)
+        synced: dict[str, set[str]] = {}
+        for row in state.watermarks(engine):
+            if row["watermark"] is not None:
+                synced.setdefault(row["endpoint"], set()).add(row["resource_type"])
     finally:
         engine.dispose()
+    names = set(exports) | set(synced)
+    return {
+        name: Known(frozenset(synced.get(name, ())), export_view(exports[name]) if name in exports else None)
+        for name in names
+    }
 
 
 def export_view(export: bulk_state.PendingExport) -> dict[str, Any]:
@@ -194,16 +236,22 @@ async def check_settings(
     settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> list[EndpointReport]:
     endpoints = [e for e in settings.endpoints if e.enabled]
-    reports = list(await asyncio.gather(*(check_endpoint(e, transport=transport) for e in endpoints)))
+    unknown: str | None = None
     try:
-        pending = export_in_progress(settings)
+        known = warehouse_state(settings)
     except WarehouseError as exc:
         # The warehouse is not what `check` proves; say it could not be read and go on.
-        for report in reports:
-            report.notes.append(f"export in progress: not known ({exc})")
-        return reports
+        known, unknown = {}, f"the warehouse could not be read ({exc}): modes assume a first sync"
+    reports = list(
+        await asyncio.gather(
+            *(check_endpoint(e, transport=transport, known=known.get(e.name)) for e in endpoints)
+        )
+    )
     for report in reports:
-        report.export_in_progress = pending.get(report.endpoint)
-        if report.export_in_progress is not None:
-            report.notes.append(describe_export(report.export_in_progress))
+        state_of = known.get(report.endpoint) or Known()
+        report.export_in_progress = state_of.export
+        if unknown is not None:
+            report.notes.append(unknown)
+        if state_of.export is not None:
+            report.notes.append(describe_export(state_of.export))
     return reports

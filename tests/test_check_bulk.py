@@ -17,6 +17,7 @@ from connector.config import load_settings
 from connector.fhir.capabilities import bulk_export_levels
 from connector.warehouse import bulk_state
 from connector.warehouse.engine import make_engine, migrate
+from connector.warehouse.writer import PageWrite, write_page
 
 runner = CliRunner()
 BASE = "https://emr.test/fhir"
@@ -154,3 +155,43 @@ def test_status_without_exports_lists_none(tmp_path: Path) -> None:
     result = runner.invoke(app, ["status", "--config", str(write_config(tmp_path)), "--json"])
     assert result.exit_code == 0, result.output
     assert orjson.loads(result.stdout)["bulk_exports"] == []
+
+
+def test_check_shows_the_mode_the_next_sync_uses(tmp_path: Path) -> None:
+    # A first sync of a server that offers $export goes by Bulk export (bulk = "auto"): check used to
+    # say "last-updated" for it. Once a stream has a watermark, its next sync searches.
+    config = write_config(tmp_path)
+    cap = capability(["ServiceRequest", "Coverage"], system=True)
+    _, report, text = run_check(config, cap)
+    modes = {s["resource_type"]: (s["mode"], s["reason"]) for s in report["streams"]}
+    assert modes["ServiceRequest"] == (
+        "bulk",
+        "first load: the server offers $export at system level (bulk = auto)",
+    )
+    assert modes["Coverage"][0] == "bulk"
+    assert "first load" in text
+
+    engine = make_engine(load_settings(config).warehouse.url)
+    try:
+        migrate(engine)
+        write_page(
+            engine, PageWrite("emr", "ServiceRequest", watermark="2026-12-01T00:00:00Z", mode="last-updated")
+        )
+    finally:
+        engine.dispose()
+    _, report, _ = run_check(config, cap)
+    modes = {s["resource_type"]: s["mode"] for s in report["streams"]}
+    assert modes == {"ServiceRequest": "last-updated", "Coverage": "bulk"}
+
+
+def test_check_says_a_pending_export_is_resumed(pending_warehouse: Path) -> None:
+    _, report, _ = run_check(pending_warehouse, capability(["ServiceRequest", "Coverage"], system=True))
+    reasons = {s["resource_type"]: (s["mode"], s["reason"]) for s in report["streams"]}
+    assert reasons["Coverage"] == ("bulk", "an export an earlier run kicked off is resumed")
+
+
+def test_check_with_bulk_never_shows_the_search_mode(tmp_path: Path) -> None:
+    _, report, _ = run_check(
+        write_config(tmp_path, bulk="never"), capability(["ServiceRequest"], system=True)
+    )
+    assert report["streams"][0]["mode"] == "last-updated"
