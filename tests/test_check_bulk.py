@@ -180,8 +180,8 @@ def test_check_shows_the_mode_the_next_sync_uses(tmp_path: Path) -> None:
     finally:
         engine.dispose()
     _, report, _ = run_check(config, cap)
-    modes = {s["resource_type"]: s["mode"] for s in report["streams"]}
-    assert modes == {"ServiceRequest": "last-updated", "Coverage": "bulk"}
+    after = {s["resource_type"]: s["mode"] for s in report["streams"]}
+    assert after == {"ServiceRequest": "last-updated", "Coverage": "bulk"}
 
 
 def test_check_says_a_pending_export_is_resumed(pending_warehouse: Path) -> None:
