@@ -261,7 +261,11 @@ def test_check_reports_the_servers_capabilities(
     for rt, stream in streams.items():
         assert stream["supported"] is True, rt
         assert stream["last_updated"] is True, rt
-        assert stream["mode"] == "last-updated", rt
+        # sekmet offers $export and nothing is synced yet: the first sync loads every stream by export
+        # (bulk = "auto"), and check says so instead of the search mode a later sync uses.
+        assert stream["mode"] == "bulk", rt
+        assert stream["reason"].startswith("first load"), rt
+    assert "system" in report["bulk_levels"]
 
     # The same server under a wrong base path: a clear problem and exit 1, not a crash.
     wrong = write_config(tmp_path, sekmet_base_url.removesuffix("/fhir") + "/r4", "sqlite:///wh.db")
