@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 from rich.table import Table
 
 from connector.config import EndpointSettings, Settings, with_directory
-from connector.errors import AuthError, ConnectorError, WarehouseError
+from connector.errors import AuthError, ConnectorError, SourceFileError, WarehouseError
 from connector.fhir import capabilities as caps
 from connector.fhir.client import FhirClient
 from connector.fhir.http import url_path
@@ -218,16 +219,23 @@ def describe_export(export: dict[str, Any]) -> str:
 def _check_ndjson(endpoint: EndpointSettings) -> EndpointReport:
     assert endpoint.ndjson_dir is not None
     report = EndpointReport(endpoint.name, f"ndjson folder {endpoint.ndjson_dir}", auth="not needed")
-    source = NdjsonSource(endpoint.ndjson_dir, endpoint.page_size)
+    source = NdjsonSource(endpoint.ndjson_dir, endpoint.page_size, endpoint.resources)
     try:
         source.files()
     except ConnectorError as exc:
         report.problems.append(str(exc))
         return report
+    lines: dict[Path, int] = {}
+    for path in source.files():
+        try:
+            lines[path] = source.line_count(path)  # a truncated .gz fails here, not half-way into a sync
+        except SourceFileError as exc:
+            report.problems.append(str(exc))
     for rt in endpoint.resources:
         files = source.files_for(rt)
         plan = plan_stream(endpoint, stream_for(rt), None)
-        reason = f"{len(files)} file(s)" if files else "no file names this type"
+        counted = sum(lines.get(path, 0) for path in files)
+        reason = f"{len(files)} file(s), {counted} line(s)" if files else "no file names this type"
         report.streams.append(StreamCheck(rt, bool(files), None, plan.mode, reason))
     return report
 

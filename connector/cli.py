@@ -15,15 +15,25 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources as package_files
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
+import httpx
 import orjson
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -111,9 +121,17 @@ class _RichSink:
         self.tasks: dict[tuple[str, str], Any] = {}
 
     def stream_started(self, endpoint: str, resource_type: str) -> None:
-        self.tasks[(endpoint, resource_type)] = self.bar.add_task(
-            f"{endpoint} {resource_type}", total=None, fetched=0, rejected=0
-        )
+        key = (endpoint, resource_type)
+        if key not in self.tasks:  # the windows of a backfill share one bar
+            self.tasks[key] = self.bar.add_task(
+                f"{endpoint} {resource_type}", total=None, fetched=0, rejected=0
+            )
+
+    def stream_total(self, endpoint: str, resource_type: str, total: int) -> None:
+        task_id = self.tasks.get((endpoint, resource_type))
+        if task_id is not None:
+            known = self.bar.tasks[task_id].total
+            self.bar.update(task_id, total=(known or 0) + total)  # each window's search counts its part
 
     def page_done(
         self, endpoint: str, resource_type: str, *, fetched: int, loaded: int, rejected: int
@@ -148,7 +166,10 @@ class _LineSink:
         self.counts: dict[tuple[str, str], list[int]] = {}
 
     def stream_started(self, endpoint: str, resource_type: str) -> None:
-        self.counts[(endpoint, resource_type)] = [0, 0, 0]
+        self.counts.setdefault((endpoint, resource_type), [0, 0, 0])
+
+    def stream_total(self, endpoint: str, resource_type: str, total: int) -> None:
+        self.console.print(f"{endpoint} {resource_type}: the server counts {total} to fetch", markup=False)
 
     def page_done(
         self, endpoint: str, resource_type: str, *, fetched: int, loaded: int, rejected: int
@@ -178,6 +199,7 @@ def _progress(enabled: bool) -> Iterator[None]:
             BarColumn(),
             TextColumn("{task.fields[fetched]} fetched, {task.fields[rejected]} rejected"),
             TimeElapsedColumn(),
+            TimeRemainingColumn(),
             console=err,
             transient=False,
         )
@@ -198,6 +220,17 @@ def _progress(enabled: bool) -> Iterator[None]:
 # ---------------------------------------------------------------- sync
 
 
+@dataclass(frozen=True)
+class SyncOutcome:
+    #: The run's sync_run rows, one per stream.
+    rows: list[dict[str, Any]]
+    #: Per endpoint, the push-back items queued, sent and failed during the run.
+    pushed: list[dict[str, Any]]
+    #: Why the run failed, or None.
+    reason: str | None
+    seconds: float
+
+
 def _run_sync(
     settings: Settings,
     *,
@@ -205,10 +238,13 @@ def _run_sync(
     resources: list[str],
     full_refresh: bool,
     json_out: bool,
-) -> tuple[list[dict[str, Any]], str | None, float]:
-    """Run the sync flow in this process: the stream summaries, the failure reason (if any), wall seconds."""
+) -> SyncOutcome:
+    """Run the sync flow in this process."""
+    from prefect.exceptions import PrefectException
+
     from connector.gc_tuning import freeze_startup_objects
-    from connector.warehouse import state
+    from connector.prefect_api import PrefectApiError, prefect_api, shown_url
+    from connector.warehouse import outbox, state
     from connector.warehouse.engine import make_engine
     from flows.sync import sync_all  # Prefect is imported only by the commands that run flows.
 
@@ -220,18 +256,29 @@ def _run_sync(
         settings.endpoint(name)
     run_id = str(uuid.uuid4())
     started = time.monotonic()
-    with _progress(not json_out):
-        # Prefect types a flow called with return_state=True as an Awaitable, not the coroutine it is.
-        flow_state: State[Any] = asyncio.run(
-            sync_all(  # type: ignore[arg-type]
-                str(settings.source_file),
-                endpoints or None,
-                resources or None,
-                full_refresh,
-                run_id,
-                return_state=True,
+    started_at = datetime.now(UTC)
+    with (
+        prefect_api(start_timeout=settings.runtime.prefect_start_timeout) as api_url,
+        _progress(not json_out),
+    ):
+        try:
+            # Prefect types a flow called with return_state=True as an Awaitable, not the coroutine it is.
+            flow_state: State[Any] = asyncio.run(
+                sync_all(  # type: ignore[arg-type]
+                    str(settings.source_file),
+                    endpoints or None,
+                    resources or None,
+                    full_refresh,
+                    run_id,
+                    return_state=True,
+                )
             )
-        )
+        except (httpx.HTTPError, PrefectException, RuntimeError) as failure:
+            # Raised by Prefect's client, not by a stream (a stream's failure is the flow's Failed state).
+            raise PrefectApiError(
+                f"the Prefect API at {shown_url(api_url)} stopped answering during the run "
+                f"({type(failure).__name__}); set PREFECT_API_URL to a running Prefect server"
+            ) from None
     seconds = round(time.monotonic() - started, 3)
     reason = None
     if not flow_state.is_completed():
@@ -241,12 +288,13 @@ def _run_sync(
         engine = make_engine(settings.warehouse.url)
         try:
             rows = state.runs_for(engine, run_id)
+            pushed = outbox.activity_since(engine, started_at)
         finally:
             engine.dispose()
     except (ConnectorError, SQLAlchemyError):
         # The run never reached the warehouse (unreachable, not migrated): the reason says why.
-        rows = []
-    return rows, reason, seconds
+        rows, pushed = [], []
+    return SyncOutcome(rows, pushed, reason, seconds)
 
 
 def _streams_seconds(rows: list[dict[str, Any]]) -> float | None:
@@ -259,19 +307,33 @@ def _streams_seconds(rows: list[dict[str, Any]]) -> float | None:
     return round(span.total_seconds(), 3)
 
 
+def _receipt(row: dict[str, Any]) -> str:
+    source, held = row.get("source_count"), row.get("warehouse_count")
+    if source is None:
+        return ""
+    return f"{source} / {held}" + ("" if source == held else "  differs")
+
+
 def _summary_table(rows: list[dict[str, Any]]) -> Table:
+    """Per stream: fetched = loaded + unchanged + rejected; `included` (other types that came with it)
+    and the receipt (the server's count / the warehouse's) only when there are some."""
+    counts = ["fetched", "loaded", "unchanged", "rejected"]
+    if any(row.get("included") for row in rows):
+        counts.append("included")
+    receipts = any(row.get("source_count") is not None for row in rows)
     table = Table(title="Sync summary", title_justify="left")
-    for column in ("endpoint", "stream", "status", "fetched", "loaded", "rejected"):
-        table.add_column(column, justify="right" if column in ("fetched", "loaded", "rejected") else "left")
+    for column in ("endpoint", "stream", "status", *counts):
+        table.add_column(column, justify="right" if column in counts else "left")
+    if receipts:
+        table.add_column("server / warehouse", justify="right")
     for row in rows:
-        table.add_row(
+        cells = [
             row["endpoint"],
             row["resource_type"],
             row["status"],
-            str(row["fetched"]),
-            str(row["loaded"]),
-            str(row["rejected"]),
-        )
+            *(str(row.get(c) or 0) for c in counts),
+        ]
+        table.add_row(*cells, *([_receipt(row)] if receipts else []))
     return table
 
 
@@ -297,31 +359,54 @@ def check_selection(settings: Settings, endpoints: Sequence[str], resources: Seq
     return None
 
 
+def _starting_line(settings: Settings, endpoints: Sequence[str]) -> str:
+    """What a sync is about to read and write, before the seconds of start-up: hosts, never secrets."""
+    import sqlalchemy as sa
+
+    chosen = [e for e in settings.endpoints if e.enabled and (not endpoints or e.name in endpoints)]
+    sources = ", ".join(
+        f"{e.name} ({urlsplit(e.base_url).netloc if e.base_url else f'folder {e.ndjson_dir}'})"
+        for e in chosen
+    )
+    warehouse = sa.make_url(settings.warehouse.url).render_as_string(hide_password=True)
+    return f"Syncing {sources} into {warehouse} ..."
+
+
 def _sync_command(
     settings: Settings, endpoints: list[str], resources: list[str], full_refresh: bool, json_out: bool
 ) -> list[dict[str, Any]]:
     mistake = check_selection(settings, endpoints, resources)
     if mistake is not None:
         raise _fail(mistake, code=2)
-    rows, reason, seconds = _guard(
+    if not json_out:
+        err.print(_starting_line(settings, endpoints), markup=False)
+    outcome = _guard(
         lambda: _run_sync(
             settings, endpoints=endpoints, resources=resources, full_refresh=full_refresh, json_out=json_out
         )
     )
+    rows, reason = outcome.rows, outcome.reason
     if json_out:
         _print_json(
             {
                 "streams": rows,
+                "push": outcome.pushed,
                 "status": "failed" if reason else "succeeded",
                 "error": reason,
                 # The flow's wall time (Prefect's start-up included), and the streams' own: from the first
                 # stream's start to the last one's end.
-                "seconds": seconds,
+                "seconds": outcome.seconds,
                 "streams_seconds": _streams_seconds(rows),
             }
         )
     else:
         out.print(_summary_table(rows))
+        for push in outcome.pushed:
+            out.print(
+                f"Push-back to {push['endpoint']}: {push['queued']} queued, {push['sent']} sent, "
+                f"{push['failed']} failed",
+                markup=False,
+            )
     if reason:
         raise _fail(reason)
     return rows
@@ -521,14 +606,13 @@ def status(
     """Show the last runs, the watermarks and the dead-letter counts."""
     from connector.checks import describe_export, export_view
     from connector.warehouse import bulk_state, outbox, state
-    from connector.warehouse.engine import ensure_schema, make_engine
+    from connector.warehouse.engine import open_read_only
 
-    settings = _guard(lambda: load_settings(config))
+    settings = _guard(lambda: load_settings(config, secrets=False))
 
     def _read() -> dict[str, Any]:
-        engine = make_engine(settings.warehouse.url)
+        engine = open_read_only(settings.warehouse.url)
         try:
-            ensure_schema(engine)
             exports = bulk_state.pending_exports(engine)
             return {
                 "runs": state.recent_runs(engine, limit),
@@ -536,6 +620,7 @@ def status(
                 "dead_letters": state.dead_letter_counts(engine),
                 "outbox": outbox.counts(engine),
                 "bulk_exports": [{"endpoint": name} | export_view(e) for name, e in exports.items()],
+                "receipts_disagreeing": state.receipts_disagreeing(engine),
             }
         finally:
             engine.dispose()
@@ -580,7 +665,18 @@ def status(
         exports.add_column(col)
     for e in data["bulk_exports"]:
         exports.add_row(e["endpoint"], describe_export(e))
-    out.print(runs, marks, dead, pushes, exports)
+    receipts = Table(title="Counts that disagree (server vs warehouse, last receipt)", title_justify="left")
+    for col in ("endpoint", "stream", "run", "server", "warehouse"):
+        receipts.add_column(col)
+    for r in data["receipts_disagreeing"]:
+        receipts.add_row(
+            r["endpoint"],
+            r["resource_type"],
+            _when(r["started_at"]),
+            str(r["source_count"]),
+            str(r["warehouse_count"]),
+        )
+    out.print(runs, marks, dead, pushes, exports, receipts)
 
 
 def _per_kind(counts: dict[str, int]) -> str:
@@ -605,14 +701,13 @@ def deadletters_list(
 ) -> None:
     """List dead letters: which resource failed, why, how often."""
     from connector.warehouse import deadletter
-    from connector.warehouse.engine import ensure_schema, make_engine
+    from connector.warehouse.engine import open_read_only
 
-    settings = _guard(lambda: load_settings(config))
+    settings = _guard(lambda: load_settings(config, secrets=False))
 
     def _read() -> list[dict[str, Any]]:
-        engine = make_engine(settings.warehouse.url)
+        engine = open_read_only(settings.warehouse.url)
         try:
-            ensure_schema(engine)
             return deadletter.list_dead_letters(
                 engine, endpoint=endpoint, include_resolved=include_resolved, limit=limit
             )
@@ -702,16 +797,15 @@ def report(
 ) -> None:
     """Write the practice report: one HTML page of charts and tables (opens offline) from the warehouse."""
     from connector.report import write_report
-    from connector.warehouse.engine import ensure_schema, make_engine
+    from connector.warehouse.engine import open_read_only
 
-    settings = _guard(lambda: load_settings(config))
+    settings = _guard(lambda: load_settings(config, secrets=False))
     for name in endpoint or []:
         _guard(functools.partial(settings.endpoint, name))
 
     def _go() -> Any:
-        engine = make_engine(settings.warehouse.url)
+        engine = open_read_only(settings.warehouse.url)
         try:
-            ensure_schema(engine)
             return write_report(
                 engine,
                 out_file,

@@ -6,6 +6,7 @@ Secrets are `SecretStr`: they never appear in `repr`, logs or error messages.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import re
@@ -14,7 +15,7 @@ import tomllib
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from croniter import croniter
@@ -120,7 +121,10 @@ class AuthSettings(_Strict):
 
     @field_validator("password", "token", "private_key", mode="before")
     @classmethod
-    def _resolve_secret(cls, value: Any) -> Any:
+    def _resolve_secret(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(info.context, dict) and info.context.get("secrets") is False:
+            # A command that does not talk to the server (`status`, `report`) needs no secret.
+            return SecretStr(value) if isinstance(value, str) else value
         return _secret_validator(value)
 
     @field_validator("private_key_file", mode="before")
@@ -435,6 +439,9 @@ class RuntimeSettings(_Strict):
     #: Only split a stream the server reports at least this many resources for (`_summary=count`);
     #: when the server cannot count, the stream is split anyway.
     backfill_min_resources: int = Field(default=10_000, ge=0)
+    #: Seconds a CLI run waits for the local Prefect server it starts (without PREFECT_API_URL) to answer;
+    #: a loaded host needs far more than Prefect's own 20 s.
+    prefect_start_timeout: float = Field(default=120.0, ge=5, le=3600)
 
     @field_validator("dask_address")
     @classmethod
@@ -578,20 +585,50 @@ def _format_location(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
     return ".".join(parts) or "(top level)"
 
 
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The settings model inside a field's type (`list[EndpointSettings]`, `AuthSettings | None`)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _keys_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the settings accept in the table that holds the key at `loc`."""
+    model: type[BaseModel] | None = Settings
+    for item in loc[:-1]:
+        if isinstance(item, int) or model is None:
+            continue
+        field = model.model_fields.get(str(item))
+        model = _model_of(field.annotation) if field is not None else None
+    if model is None:
+        return []
+    return [name for name, field in model.model_fields.items() if not field.exclude]
+
+
 def _error_message(error: ErrorDetails) -> str:
     kind = error.get("type", "")
     if kind == "extra_forbidden":
-        return "unknown key"
+        key = str(error["loc"][-1]) if error.get("loc") else ""
+        close = difflib.get_close_matches(key, _keys_at(tuple(error["loc"])), n=1, cutoff=0.6)
+        return f"unknown key; did you mean `{close[0]}`?" if close else "unknown key"
     if kind == "missing":
         return "required key is missing"
     msg = str(error.get("msg", "invalid value"))
     return msg.removeprefix("Value error, ")
 
 
-def parse_settings(data: dict[str, Any], *, source: Path | None = None) -> Settings:
-    """Validate a parsed TOML document; errors name the file and the key."""
+def parse_settings(data: dict[str, Any], *, source: Path | None = None, secrets: bool = True) -> Settings:
+    """Validate a parsed TOML document; errors name the file and the key.
+
+    With `secrets=False` the endpoints' `env:` / `file:` secrets are left unread (as their references),
+    for the commands that only read the warehouse.
+    """
     where = str(source) if source else "<config>"
-    context = {"config_dir": source.parent if source else None}
+    context = {"config_dir": source.parent if source else None, "secrets": secrets}
     try:
         settings = Settings.model_validate(data, context=context)
     except ValidationError as exc:
@@ -609,8 +646,8 @@ def config_path(explicit: str | Path | None = None) -> Path:
     return Path(os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_FILE)
 
 
-def load_settings(path: str | Path | None = None) -> Settings:
-    """Read and validate the configuration file."""
+def load_settings(path: str | Path | None = None, *, secrets: bool = True) -> Settings:
+    """Read and validate the configuration file (`secrets=False`: see `parse_settings`)."""
     file = config_path(path)
     try:
         raw = file.read_bytes()
@@ -624,7 +661,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{file}: not valid TOML: {exc}") from None
-    settings = parse_settings(data, source=file.resolve())
+    settings = parse_settings(data, source=file.resolve(), secrets=secrets)
     if _holds_credentials(settings):
         # A file naming no credentials (the packaged demo, an NDJSON-only setup) is not worth a warning.
         warn_if_exposed(file, "configuration file")
@@ -641,7 +678,8 @@ def _holds_credentials(settings: Settings) -> bool:
 
 EXAMPLE_CONFIG = """\
 # connector.toml: where the connector reads FHIR data from and where it writes the warehouse.
-# Check it with `connector check`; run it with `connector sync`.
+# Check it with `connector check`; run it with `connector sync`. Every key the connector accepts is below;
+# a commented-out key shows its default. Keep this file private (`chmod 600`).
 # Secrets can be written as env:NAME (read from an environment variable) or file:/path (read from a file),
 # so that this file itself holds none.
 
@@ -649,33 +687,48 @@ EXAMPLE_CONFIG = """\
 # SQLite for a single machine; PostgreSQL in production, e.g.
 # url = "postgresql+psycopg://connector@db.internal/warehouse"
 url = "sqlite:///warehouse.db"
-batch_size = 500
+# batch_size = 500                         # rows per INSERT .. ON CONFLICT statement
 
 [[endpoints]]
 name = "clinic-emr"                        # letters, digits, - _ . ; shows up in every warehouse row
 base_url = "https://emr.example.org/fhir/R4"
+# enabled = true                           # false: kept in the file, skipped by sync / serve / check
 resources = ["ServiceRequest", "Appointment", "Encounter", "Coverage", "CoverageEligibilityResponse",
              "Claim", "ClaimResponse", "ExplanationOfBenefit"]
 schedule = "*/15 * * * *"                  # cron, used by `connector serve`
-page_size = 200                            # _count per search page
-overlap_seconds = 60                       # re-read this much before the watermark (duplicates are harmless)
-incremental = "auto"                       # auto | last-updated | date-param | full
-validation = "strict"                      # strict: whole resources (FHIR R4); mapped: only what is mapped
-# verify_tls = false                       # only for a test server with a self-signed certificate
+# page_size = 200                          # _count per search page
+# overlap_seconds = 60                     # re-read this much before the watermark (duplicates are harmless)
+# incremental = "auto"                     # auto | last-updated | date-param | full
+# validation = "strict"                    # strict: whole resources (FHIR R4); mapped: only what is mapped
+# max_connections = 4                      # HTTP connections to this server at once
+# verify_tls = true                        # false only for a test server with a self-signed certificate
+
+# Bulk Data $export (for first loads and full refreshes):
+# bulk = "auto"                            # auto (when the server offers it) | always | never
+# bulk_level = "system"                    # system | group | patient
+# bulk_group_id = "practice-patients"      # the Group, with bulk_level = "group"
+# bulk_poll_cap_seconds = 300              # longest wait between status polls, whatever Retry-After says
+# bulk_deadline_hours = 24                 # an export not done by then is cancelled (DELETE)
+# bulk_max_parallel_downloads = 2          # export files downloaded and loaded at once
+# bulk_allowed_hosts = []                  # other hosts that may serve export files (never sent credentials)
 
 # Write back to the EMR (off by default): a Task per new referral, a MeasureReport per week.
-push_acknowledgments = false
-push_metrics = false
+# push_acknowledgments = false
+# push_metrics = false
 owner = "Organization/practice-1"          # the practice; needed when pushing
 # offered_disciplines = ["PT", "OT"]       # other referrals are acknowledged as rejected
 # accept_complete_intake = true            # complete intakes acknowledged as accepted, not received
 # acknowledge_since = "2026-11-01"         # do not acknowledge older referrals
 # metrics_period = "week"                  # week | month
+# push_endpoint = "other-endpoint"         # write to another configured endpoint's server instead
+# push_max_attempts = 5                    # a push item is marked failed after this many attempts
+# identifier_system = "urn:therapy-fhir-connector:acknowledgment"   # system of the Task / MeasureReport ids
+# measure_base = "https://therapy-fhir-connector.org/fhir/Measure"  # base of the Measures reported on
 
 # How resources are mapped (all optional):
 [endpoints.mapping]
-intake_required = ["diagnosis", "referral_reason", "payer", "requested_start", "referrer", "patient"]
-keep_subscriber_id = false                 # true stores Coverage.subscriberId; default keeps a hash only
+# intake_required = ["diagnosis", "referral_reason", "payer", "requested_start", "referrer", "patient"]
+# keep_subscriber_id = false               # true stores Coverage.subscriberId; default keeps a hash only
 [endpoints.mapping.discipline_codes]       # local codes -> PT / OT / SLP / other, on top of the shipped map
 "http://clinic.example.org/codes|PT-EVAL" = "PT"
 
@@ -684,27 +737,37 @@ keep_subscriber_id = false                 # true stores Coverage.subscriberId; 
 ServiceRequest = "authored"
 Claim = "created"
 
-[endpoints.timeouts]
-connect = 10
-read = 60
+[endpoints.timeouts]                       # seconds
+# connect = 10
+# read = 60
+# write = 30
+# pool = 30                                # waiting for a free connection
 
-[endpoints.retry]
-max_attempts = 6
-max_total_wait_seconds = 300
+[endpoints.retry]                          # transient failures: connect/read errors, 408, 429, 5xx
+# max_attempts = 6
+# max_total_wait_seconds = 300             # give up when one request's waits would add up to more
+# initial_backoff_seconds = 1
+# max_backoff_seconds = 60
+# retry_after_cap_seconds = 120            # a server's Retry-After is honoured up to this
 
 [endpoints.auth]
 type = "smart-backend"                     # none | basic | bearer | smart-backend
 client_id = "connector"
 token_url = "https://emr.example.org/oauth2/token"
 private_key_file = "/run/secrets/connector.pem"
+# private_key = "env:CONNECTOR_PRIVATE_KEY"  # the PEM itself, instead of private_key_file
 algorithm = "RS384"                        # RS384 | ES384
 # key_id = "connector-key-1"               # JWT `kid`; default: the key's JWK thumbprint (RFC 7638)
 # scope = "system/ServiceRequest.read"     # default: read each type in `resources` (and the directory
 #                                          # types with ServiceRequest), write Task / MeasureReport only
 #                                          # when pushing to this server
 # scope_version = "v1"                     # v1: system/Coverage.read | v2: system/Coverage.rs
-# For basic:  username = "connector"  and  password = "env:EMR_PASSWORD"
-# For bearer: token = "file:/run/secrets/emr-token"
+# refresh_margin_seconds = 60              # refresh a cached token this long before it expires
+# For basic:
+# username = "connector"
+# password = "env:EMR_PASSWORD"
+# For bearer:
+# token = "file:/run/secrets/emr-token"
 
 # How flows run (all optional; see docs/orchestration.md):
 # [runtime]
@@ -715,6 +778,7 @@ algorithm = "RS384"                        # RS384 | ES384
 # backfill_windows = 4                     # a first sync is split into this many _lastUpdated windows
 # backfill_min_resources = 10000           # ... when the server counts at least this many resources
 # map_workers = 2                          # processes validating and mapping pages; default one per core
+# prefect_start_timeout = 120              # seconds to wait for the local Prefect server to start
 
 # A folder of Bulk Data NDJSON files (*.ndjson, *.ndjson.gz) instead of a server:
 # [[endpoints]]

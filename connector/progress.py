@@ -12,6 +12,9 @@ from typing import Protocol
 class ProgressSink(Protocol):
     def stream_started(self, endpoint: str, resource_type: str) -> None: ...
 
+    def stream_total(self, endpoint: str, resource_type: str, total: int) -> None:
+        """The server's count of what a search (or a window of it) will fetch (`Bundle.total`)."""
+
     def page_done(
         self, endpoint: str, resource_type: str, *, fetched: int, loaded: int, rejected: int
     ) -> None: ...
@@ -21,6 +24,9 @@ class ProgressSink(Protocol):
 
 class _NullSink:
     def stream_started(self, endpoint: str, resource_type: str) -> None:
+        return None
+
+    def stream_total(self, endpoint: str, resource_type: str, total: int) -> None:
         return None
 
     def page_done(

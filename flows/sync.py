@@ -36,7 +36,7 @@ from connector.fhir.client import FhirClient
 from connector.fhir.ndjson import NdjsonSource
 from connector.fhir.page import SourcePage
 from connector.mapping_pool import page_mapper, pages_ahead
-from connector.pushback.run import push_round, queue_metrics
+from connector.pushback.run import push_round, queue_round
 from connector.streams import Plan
 from connector.sync.bulk import run_bulk_backfill, search_falls_back_to_bulk
 from connector.sync.endpoint import (
@@ -47,6 +47,7 @@ from connector.sync.endpoint import (
     sweep_deletions,
 )
 from connector.sync.pipeline import StreamResult, run_stream
+from connector.sync.receipts import take_receipts
 from connector.sync.windows import Window, window_params
 from connector.warehouse import state
 from connector.warehouse.engine import ensure_schema, make_engine
@@ -165,7 +166,9 @@ async def sync_stream(job: StreamJob, local: Local | None = None) -> StreamResul
             pages = client.search(plan.resource_type, params)
         else:
             assert endpoint.ndjson_dir is not None
-            pages = NdjsonSource(endpoint.ndjson_dir, endpoint.page_size).pages(plan.resource_type)
+            pages = NdjsonSource(endpoint.ndjson_dir, endpoint.page_size, endpoint.resources).pages(
+                plan.resource_type
+            )
         result = await run_stream(
             engine=engine,
             endpoint=endpoint,
@@ -321,7 +324,7 @@ async def _sync_streams(
         capability = await run.client.capabilities()
     else:
         assert endpoint.ndjson_dir is not None
-        run.ndjson = NdjsonSource(endpoint.ndjson_dir, endpoint.page_size)
+        run.ndjson = NdjsonSource(endpoint.ndjson_dir, endpoint.page_size, endpoint.resources)
     plan = await plan_endpoint(
         endpoint,
         run.engine,
@@ -363,6 +366,10 @@ async def _sync_streams(
     advance_window_watermarks(run.engine, done.windows)
     if run.client is not None:
         done.failures += await sweep_deletions(run.client, run.engine, endpoint.name, plan.sweeps)
+        # A receipt says what a complete stream holds: none for a stream that failed.
+        failed = {r.resource_type for r in done.results if r.status == "failed"}
+        complete = sorted({r.resource_type for r in done.results if r.status == "succeeded"} - failed)
+        await take_receipts(run.client, run.engine, endpoint.name, run.run_id, complete)
     return done
 
 
@@ -383,7 +390,7 @@ async def _push(run: EndpointRun) -> list[str]:
     if run.settings.push_target(endpoint) is None:
         # An NDJSON folder has no server to write to: queue what would be sent (`connector push
         # --dry-run` shows it) and leave it pending.
-        queue_metrics(run.engine, endpoint, run.synced_at)
+        queue_round(run.engine, endpoint, run.synced_at)
         return []
     push_state = await push_back(run, return_state=True)  # type: ignore[misc]
     if push_state.is_completed():

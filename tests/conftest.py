@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,19 @@ from sqlalchemy.engine import Engine
 from connector.warehouse.engine import make_engine, migrate
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+# Set before Prefect is imported: the suite's flow runs (and the local Prefect server the CLI starts for
+# them) use a Prefect home of their own, not the user's ~/.prefect; the server is stopped at the end.
+_PREFECT_HOME = Path(tempfile.mkdtemp(prefix="connector-tests-prefect-"))
+os.environ["PREFECT_HOME"] = str(_PREFECT_HOME)
+os.environ.pop("PREFECT_API_URL", None)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from connector.prefect_api import stop_shared_server
+
+    stop_shared_server(_PREFECT_HOME)
+    shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
 
 
 #: Slow groups, marked by where they live: `make test-fast` deselects them, `make test` and CI run them.

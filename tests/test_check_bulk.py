@@ -152,7 +152,11 @@ def test_status_lists_exports_in_progress(pending_warehouse: Path) -> None:
 
 
 def test_status_without_exports_lists_none(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["status", "--config", str(write_config(tmp_path)), "--json"])
+    config = write_config(tmp_path)
+    engine = make_engine(load_settings(config).warehouse.url)
+    migrate(engine)
+    engine.dispose()
+    result = runner.invoke(app, ["status", "--config", str(config), "--json"])
     assert result.exit_code == 0, result.output
     assert orjson.loads(result.stdout)["bulk_exports"] == []
 

@@ -231,3 +231,201 @@ def test_a_selection_that_selects_nothing_is_an_error_not_an_empty_run(
     assert result.exit_code == 2
     assert result.output.strip() == message
     assert not (tmp_path / "wh.db").exists()  # nothing ran
+
+
+def test_every_line_of_an_ndjson_file_is_accounted_for_in_the_summary_and_dead_letters(
+    tmp_path: Path,
+) -> None:
+    # Reported: 8 lines gave "fetched 6, loaded 3, rejected 3"; `{"hello":"world"}` and a Coverage vanished.
+    def sr(n: int) -> bytes:
+        return orjson.dumps(
+            {
+                "resourceType": "ServiceRequest",
+                "id": f"sr{n}",
+                "status": "active",
+                "intent": "order",
+                "subject": {"reference": "Patient/p1"},
+                "meta": {"lastUpdated": "2026-11-02T10:00:00Z"},
+            }
+        )
+
+    coverage = {
+        "resourceType": "Coverage",
+        "id": "cov1",
+        "status": "active",
+        "beneficiary": {"reference": "Patient/p1"},
+        "payor": [{"reference": "Organization/o1"}],
+    }
+    folder = tmp_path / "export"
+    folder.mkdir()
+    lines = [
+        sr(1),
+        b'{"resourceType": "ServiceRequest",',
+        sr(2),
+        b"[1]",
+        b"7",
+        b'{"hello":"world"}',
+        orjson.dumps(coverage),
+        sr(3),
+    ]
+    (folder / "ServiceRequest.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    config = tmp_path / "connector.toml"
+    config.write_text(
+        f'[warehouse]\nurl = "sqlite:///{tmp_path}/wh.db"\n'
+        f'[[endpoints]]\nname = "folder"\nndjson_dir = "{folder}"\n'
+        'resources = ["ServiceRequest", "Coverage"]\n'
+    )
+    result = runner.invoke(app, ["sync", "--config", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["resource_type"]: r for r in orjson.loads(result.stdout)["streams"]}
+    sr_row = rows["ServiceRequest"]
+    assert (sr_row["fetched"], sr_row["loaded"], sr_row["rejected"], sr_row["included"]) == (7, 3, 4, 1)
+    assert sr_row["fetched"] == sr_row["loaded"] + sr_row["rejected"] + sr_row["unchanged"]
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/wh.db")
+    with engine.connect() as conn:
+        lines_of = conn.execute(sa.text("SELECT error FROM dead_letter ORDER BY error")).scalars().all()
+        coverages = conn.execute(
+            sa.text("SELECT count(*) FROM raw_resource WHERE resource_type = 'Coverage'")
+        ).scalar_one()
+    engine.dispose()
+    assert coverages == 1  # the Coverage line was loaded as a Coverage
+    assert [line.split(": ")[0] for line in lines_of] == [f"ServiceRequest.ndjson:{n}" for n in (2, 4, 5, 6)]
+    assert lines_of[-1].endswith("no resourceType")
+
+
+def test_push_turned_on_later_queues_the_referrals_already_synced_and_says_so(tmp_path: Path) -> None:
+    # Reported: after push_acknowledgments = true no Task was queued for referrals already in the
+    # warehouse, and a full refresh then sent 101 Tasks without a word in its output.
+    def referral(n: int, status: str, authored: str) -> dict[str, Any]:
+        return {
+            "resourceType": "ServiceRequest",
+            "id": f"sr{n}",
+            "status": status,
+            "intent": "order",
+            "authoredOn": authored,
+            "subject": {"reference": "Patient/p1"},
+            "meta": {"lastUpdated": "2026-11-02T10:00:00Z"},
+        }
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    referrals = [
+        referral(1, "active", "2026-11-01"),
+        referral(2, "active", "2026-11-20"),
+        referral(3, "completed", "2026-11-21"),  # not active: never acknowledged
+        referral(4, "active", "2026-10-01"),  # before acknowledge_since
+    ]
+    (folder / "ServiceRequest.ndjson").write_bytes(b"\n".join(orjson.dumps(r) for r in referrals))
+    config = tmp_path / "connector.toml"
+    base = (
+        f'[warehouse]\nurl = "sqlite:///{tmp_path}/wh.db"\n'
+        f'[[endpoints]]\nname = "folder"\nndjson_dir = "{folder}"\nresources = ["ServiceRequest"]\n'
+    )
+    config.write_text(base)
+    first = runner.invoke(app, ["sync", "--config", str(config), "--json"])
+    assert first.exit_code == 0, first.output
+    assert orjson.loads(first.stdout)["push"] == []
+
+    config.write_text(
+        base
+        + 'push_acknowledgments = true\nowner = "Organization/practice"\nacknowledge_since = "2026-10-15"\n'
+    )
+    second = runner.invoke(app, ["sync", "--config", str(config)])
+    assert second.exit_code == 0, second.output
+    # Nothing changed in the files (every resource unchanged), yet sr1 and sr2 are queued now.
+    assert "Push-back to folder: 2 queued, 0 sent, 0 failed" in second.stdout
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/wh.db")
+    with engine.connect() as conn:
+        items = conn.execute(sa.text("SELECT item_key, status FROM outbox ORDER BY item_key")).all()
+    engine.dispose()
+    assert [tuple(i) for i in items] == [("ServiceRequest/sr1", "pending"), ("ServiceRequest/sr2", "pending")]
+
+    third = runner.invoke(app, ["sync", "--config", str(config), "--json"])
+    assert orjson.loads(third.stdout)["push"] == []  # queued once
+
+
+def test_a_run_receipt_compares_the_servers_count_with_the_warehouse_and_status_lists_differences(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLI_TEST_TOKEN", "t")
+    server_total = {"n": 3}  # the server says it holds 3; its searches return 2 (one is hidden from us)
+
+    def sr(n: int) -> dict[str, Any]:
+        return {
+            "fullUrl": f"{BASE}/ServiceRequest/sr{n}",
+            "resource": {
+                "resourceType": "ServiceRequest",
+                "id": f"sr{n}",
+                "status": "active",
+                "intent": "order",
+                "subject": {"reference": "Patient/p1"},
+                "meta": {"lastUpdated": f"2026-11-0{n}T10:00:00Z"},
+            },
+        }
+
+    def answer(request: Any) -> Any:
+        import httpx
+
+        path, params = request.url.path, dict(request.url.params)
+        if path.endswith("/metadata"):
+            return httpx.Response(200, json=capability(["ServiceRequest"]))
+        if params.get("_summary") == "count":
+            return httpx.Response(
+                200, json={"resourceType": "Bundle", "type": "searchset", "total": server_total["n"]}
+            )
+        entries = [sr(1), sr(2)] if path.endswith("/ServiceRequest") else []
+        bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}
+        return httpx.Response(200, json=bundle)
+
+    config = tmp_path / "connector.toml"
+    config.write_text(
+        f'[warehouse]\nurl = "sqlite:///{tmp_path}/wh.db"\n'
+        f'[[endpoints]]\nname = "emr"\nbase_url = "{BASE}"\nresources = ["ServiceRequest"]\n'
+        '[endpoints.auth]\ntype = "bearer"\ntoken = "env:CLI_TEST_TOKEN"\n'
+    )
+    with respx.mock(assert_all_called=False) as mock:
+        mock.route(host="127.0.0.1").pass_through()  # the local Prefect API
+        mock.route(host="emr.test").mock(side_effect=answer)
+        result = runner.invoke(app, ["sync", "--config", str(config), "--json"])
+        assert result.exit_code == 0, result.output
+        (row,) = orjson.loads(result.stdout)["streams"]
+        assert (row["loaded"], row["source_count"], row["warehouse_count"]) == (2, 3, 2)
+        text = runner.invoke(app, ["sync", "--config", str(config)])
+        assert "3 / 2  differs" in text.stdout
+        # Progress: first what it connects to (hosts, no secret), then the server's count of the search.
+        assert f"Syncing emr (emr.test) into sqlite:///{tmp_path}/wh.db ...\n" in text.stderr
+        assert "emr ServiceRequest: the server counts 2 to fetch" in text.stderr
+
+        status = runner.invoke(app, ["status", "--config", str(config), "--json"])
+        (listed,) = orjson.loads(status.stdout)["receipts_disagreeing"]
+        assert (listed["resource_type"], listed["source_count"], listed["warehouse_count"]) == (
+            "ServiceRequest",
+            3,
+            2,
+        )
+        # Once they agree again, status lists nothing.
+        server_total["n"] = 2
+        assert runner.invoke(app, ["sync", "--config", str(config)]).exit_code == 0
+        status = runner.invoke(app, ["status", "--config", str(config), "--json"])
+        assert orjson.loads(status.stdout)["receipts_disagreeing"] == []
+
+
+def test_check_reads_every_ndjson_file_to_its_end_and_names_a_truncated_one(tmp_path: Path) -> None:
+    folder = tmp_path / "export"
+    folder.mkdir()
+    line = orjson.dumps({"resourceType": "ServiceRequest", "id": "sr1", "status": "active"}) + b"\n"
+    body = gzip.compress(line * 3000)
+    (folder / "ServiceRequest.ndjson.gz").write_bytes(body[: len(body) // 2])  # cut short in transfer
+    (folder / "Coverage.ndjson").write_bytes(line.replace(b"ServiceRequest", b"Coverage") * 2)
+    config = tmp_path / "connector.toml"
+    config.write_text(
+        f'[warehouse]\nurl = "sqlite:///{tmp_path}/wh.db"\n'
+        f'[[endpoints]]\nname = "folder"\nndjson_dir = "{folder}"\n'
+        'resources = ["ServiceRequest", "Coverage"]\n'
+    )
+    result = runner.invoke(app, ["check", "--config", str(config), "--json"])
+    assert result.exit_code == 1
+    assert "ServiceRequest.ndjson.gz cannot be read past line" in result.output
+    (report,) = orjson.loads(result.stdout)
+    reasons = {s["resource_type"]: s["reason"] for s in report["streams"]}
+    assert reasons["Coverage"] == "1 file(s), 2 line(s)"

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
+from typing import get_origin
 
 import pytest
+from pydantic import BaseModel
 
-from connector.config import EXAMPLE_CONFIG, load_settings, parse_settings, resolve_secret
+from connector.config import (
+    EXAMPLE_CONFIG,
+    Settings,
+    _model_of,
+    load_settings,
+    parse_settings,
+    resolve_secret,
+)
 from connector.errors import ConfigError
 
 MINIMAL = """
@@ -91,8 +101,33 @@ def test_missing_source_is_named(tmp_path: Path) -> None:
 
 
 def test_unknown_top_level_table_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"warehous: unknown key"):
+    with pytest.raises(ConfigError, match=r"warehous: unknown key; did you mean `warehouse`\?"):
         load_settings(write(tmp_path, MINIMAL + '\n[warehous]\nurl = "x"\n'))
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ("page_sise = 100\n", "endpoints['clinic-emr'].page_sise: unknown key; did you mean `page_size`?"),
+        (
+            '[endpoints.auth]\ntype = "none"\nscopes = "x"\n',
+            "endpoints['clinic-emr'].auth.scopes: unknown key; did you mean `scope`?",
+        ),
+        (
+            "[endpoints.retry]\nmax_attempt = 3\n",
+            "retry.max_attempt: unknown key; did you mean `max_attempts`?",
+        ),
+        (
+            "[runtime]\nmax_parallel_stream = 2\n",
+            "runtime.max_parallel_stream: unknown key; did you mean `max_parallel_streams`?",
+        ),
+        ("[runtime]\nfavourite_colour = 2\n", "runtime.favourite_colour: unknown key\n"),
+    ],
+)
+def test_an_unknown_key_says_which_key_was_meant(tmp_path: Path, snippet: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, MINIMAL + snippet))
+    assert expected in str(info.value) + "\n"
 
 
 def test_duplicate_endpoint_names(tmp_path: Path) -> None:
@@ -185,3 +220,69 @@ def test_bad_mapping_options_are_named(tmp_path: Path, snippet: str, expected: s
     with pytest.raises(ConfigError, match=r"endpoints\['clinic-emr'\]\.mapping\.") as info:
         load_settings(write(tmp_path, MINIMAL + snippet))
     assert expected in str(info.value)
+
+
+def _settings_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    """Every key the settings accept, dotted (`endpoints.auth.scope`); dict-valued keys are leaves."""
+    keys = set()
+    for name, field in model.model_fields.items():
+        if field.exclude:
+            continue
+        nested = _model_of(field.annotation)
+        if nested is not None and get_origin(field.annotation) is not dict:
+            keys |= _settings_keys(nested, f"{prefix}{name}.")
+        else:
+            keys.add(prefix + name)
+    return keys
+
+
+def _template_keys(text: str) -> set[str]:
+    """The keys `connector init` writes, set or commented out, under their (possibly commented) tables."""
+    keys, table = set(), ""
+    for line in text.splitlines():
+        header = re.match(r"^#?\s*\[\[?([A-Za-z_.]+)\]\]?", line)
+        if header:
+            table = header.group(1) + "."
+            keys.add(header.group(1))
+            continue
+        key = re.match(r"^#?\s*([a-z_]+)\s*=", line)
+        if key:
+            keys.add(table + key.group(1))
+    return keys
+
+
+def test_the_init_template_documents_every_key_the_settings_accept() -> None:
+    accepted = _settings_keys(Settings)
+    written = _template_keys(EXAMPLE_CONFIG)
+    assert accepted - written == set(), "keys missing from connector init's template"
+    tables = {
+        k
+        for k in written
+        if k in {"warehouse", "endpoints", "runtime"}
+        or (k.count(".") == 1 and k.split(".")[1] in {"mapping", "timeouts", "retry", "auth", "date_params"})
+    }
+    assert written - accepted - tables - {"endpoints.mapping.discipline_codes"} == set(), "unknown keys"
+
+
+def test_the_init_template_with_every_commented_key_set_is_valid(tmp_path: Path) -> None:
+    # Uncommenting the keys (not the prose, not a second value of a key set already) gives a valid file.
+    active = _template_keys(
+        "\n".join(line for line in EXAMPLE_CONFIG.splitlines() if not line.startswith("#"))
+    )
+    lines, table = [], ""
+    for line in EXAMPLE_CONFIG.split("# A folder of Bulk Data")[0].splitlines():
+        line = line.removeprefix("# ") if line == "# [runtime]" else line
+        header = re.match(r"^\[\[?([A-Za-z_.]+)\]\]?", line)
+        table = header.group(1) + "." if header else table
+        match = re.match(r"^# (([a-z_]+) = .*)$", line)
+        if match and table + match.group(2) not in active:
+            line = match.group(1)
+        lines.append(line)
+    text = "\n".join(lines).replace('bulk_level = "system"', 'bulk_level = "group"')
+    text = text.replace('task_runner = "threads"', 'task_runner = "dask"')
+    text = text.replace('push_endpoint = "other-endpoint"', "")
+    settings = parse_settings(tomllib.loads(text), source=tmp_path / "connector.toml", secrets=False)
+    endpoint = settings.endpoints[0]
+    assert endpoint.bulk_group_id == "practice-patients"
+    assert endpoint.auth.refresh_margin_seconds == 60
+    assert endpoint.retry.retry_after_cap_seconds == 120

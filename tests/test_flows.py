@@ -343,6 +343,11 @@ def test_task_runners_give_equal_results(
     assert set(stub.served.values()) == {1}
 
 
+def cannot_count(mock: respx.MockRouter) -> None:
+    """The servers answer the run's receipt (`_summary=count`) with 400: `_summary` is optional."""
+    mock.get(params={"_summary": "count"}).respond(400)
+
+
 def capability_statement() -> dict[str, Any]:
     return {
         "resourceType": "CapabilityStatement",
@@ -381,6 +386,8 @@ def test_sync_all_over_two_servers_one_failing_publishes_counts(
     with respx.mock(assert_all_called=True) as mock:
         # Prefect's own client talks to the test server on 127.0.0.1: let it through.
         mock.route(host="127.0.0.1").pass_through()
+        cannot_count(mock)
+        cannot_count(mock)
         mock.get("https://north.test/fhir/metadata").respond(json=capability_statement())
         mock.get("https://north.test/fhir/ServiceRequest").respond(json=bundle)
         mock.get("https://south.test/fhir/metadata").respond(json=capability_statement())
@@ -438,6 +445,7 @@ def test_first_sync_of_a_bulk_server_uses_export_then_searches_incrementally(
     lines = b"".join(orjson.dumps(referral(n)) + b"\n" for n in (1, 2, 3))
     with respx.mock(assert_all_called=True) as mock:
         mock.route(host="127.0.0.1").pass_through()
+        cannot_count(mock)
         mock.get(f"{base}/metadata").respond(json=capability)
         kickoff = mock.get(f"{base}/$export").respond(202, headers={"Content-Location": f"{base}/jobs/1"})
         mock.get(f"{base}/jobs/1").respond(200, json=manifest)
@@ -514,6 +522,7 @@ def test_an_export_that_reports_a_failed_type_fails_the_run_naming_it_and_the_ne
 
     with respx.mock(assert_all_called=True) as mock:
         mock.route(host="127.0.0.1").pass_through()
+        cannot_count(mock)
         mock.get(f"{base}/metadata").respond(json=capability)
         mock.get(f"{base}/$export").respond(202, headers={"Content-Location": f"{base}/jobs/1"})
         mock.get(f"{base}/jobs/1").respond(
@@ -534,6 +543,7 @@ def test_an_export_that_reports_a_failed_type_fails_the_run_naming_it_and_the_ne
 
     with respx.mock(assert_all_called=True) as mock:
         mock.route(host="127.0.0.1").pass_through()
+        cannot_count(mock)
         mock.get(f"{base}/metadata").respond(json=capability)
         search = mock.get(f"{base}/ServiceRequest").respond(
             json={"resourceType": "Bundle", "type": "searchset", "entry": []}
@@ -589,6 +599,7 @@ def test_a_bulk_server_that_answers_404_to_searches_is_synced_by_export(
     }
     with respx.mock(assert_all_called=True) as mock:
         mock.route(host="127.0.0.1").pass_through()
+        cannot_count(mock)
         mock.get(f"{base}/metadata").respond(
             json=_bulk_capability("Practitioner", "PractitionerRole", "Organization")
         )

@@ -85,3 +85,75 @@ def test_a_truncated_gzip_file_is_an_error_naming_the_file_after_the_lines_befor
     with pytest.raises(SourceFileError, match=r"ServiceRequest\.ndjson\.gz cannot be read past line \d+"):
         asyncio.run(read())
     assert 0 < len(seen) < 5000
+
+
+COV = {"resourceType": "Coverage", "id": "c1", "status": "active"}
+
+
+def _eight_lines() -> bytes:
+    """The file of the report: 3 good ServiceRequests, 3 broken lines, `{"hello":"world"}`, a Coverage."""
+    lines = [
+        orjson.dumps(sr(1)),
+        b'{"resourceType": "ServiceRequest", "id": ',
+        orjson.dumps(sr(2)),
+        b"[1, 2]",
+        b'"just a string"',
+        orjson.dumps({"hello": "world"}),
+        orjson.dumps(COV),
+        orjson.dumps(sr(3)),
+    ]
+    return b"\n".join(lines) + b"\n"
+
+
+def test_every_line_of_a_types_file_is_a_resource_an_included_one_or_a_dead_letter(tmp_path: Path) -> None:
+    (tmp_path / "ServiceRequest.ndjson").write_bytes(_eight_lines())
+    source = NdjsonSource(tmp_path, page_size=100, configured=["ServiceRequest", "Coverage"])
+    (page,) = collect(source, "ServiceRequest")
+    assert [r["id"] for r in page.resources] == ["sr-1", "sr-2", "sr-3"]
+    assert page.included == [COV]  # loaded as a Coverage, the endpoint syncs that type
+    assert [(b.location, b.error.split(": ", 1)[1]) for b in page.bad_lines] == [
+        ("ServiceRequest.ndjson:2", "not valid JSON (unexpected end of data)"),
+        ("ServiceRequest.ndjson:4", "not a JSON object"),
+        ("ServiceRequest.ndjson:5", "not a JSON object"),
+        ("ServiceRequest.ndjson:6", "no resourceType"),
+    ]
+    assert len(page.resources) + len(page.included) + len(page.bad_lines) == 8
+    # The Coverage stream does not read it again.
+    assert collect(source, "Coverage")[0].resources == []
+
+
+def test_a_line_of_a_type_not_synced_is_a_dead_letter_naming_the_type(tmp_path: Path) -> None:
+    (tmp_path / "ServiceRequest.ndjson").write_bytes(_eight_lines())
+    (page,) = collect(NdjsonSource(tmp_path, page_size=100, configured=["ServiceRequest"]), "ServiceRequest")
+    assert page.included == []
+    assert page.bad_lines[-1].location == "ServiceRequest.ndjson:7"
+    assert "a Coverage, a type this endpoint does not sync" in page.bad_lines[-1].error
+
+
+def test_lines_of_a_shared_file_and_of_a_file_no_stream_reads_are_counted_once(tmp_path: Path) -> None:
+    mixed = [sr(1), COV, {"no": "type"}, {"resourceType": "Patient", "id": "p1"}]
+    (tmp_path / "export.ndjson").write_bytes(b"\n".join(orjson.dumps(x) for x in mixed) + b"\nnot json\n")
+    (tmp_path / "Patient.ndjson").write_bytes(orjson.dumps({"resourceType": "Patient", "id": "p2"}) + b"\n")
+    source = NdjsonSource(tmp_path, page_size=100, configured=["Coverage", "ServiceRequest"])
+    (coverage,) = collect(source, "Coverage")
+    (requests,) = collect(source, "ServiceRequest")
+    assert [r["id"] for r in coverage.resources] == ["c1"]
+    assert [r["id"] for r in requests.resources] == ["sr-1"]
+    # The first configured type answers for the lines nobody loads: once, with where they are.
+    assert sorted(b.location for b in coverage.bad_lines) == [
+        "Patient.ndjson:1",
+        "export.ndjson:3",
+        "export.ndjson:4",
+        "export.ndjson:5",
+    ]
+    assert requests.bad_lines == []
+
+
+def test_an_export_file_keeps_lines_of_other_types_for_the_manifest_count(tmp_path: Path) -> None:
+    (tmp_path / "ServiceRequest.ndjson").write_bytes(_eight_lines())
+    (page,) = collect(NdjsonSource(tmp_path, page_size=100), "ServiceRequest")
+    assert len(page.resources) == 3
+    assert page.included == []
+    assert [b.location for b in page.bad_lines] == ["ServiceRequest.ndjson:2"] + [
+        f"ServiceRequest.ndjson:{n}" for n in (4, 5)
+    ]

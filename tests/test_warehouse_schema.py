@@ -37,6 +37,12 @@ def test_the_head_revision_is_the_highest_numbered_file() -> None:
     assert script_head() == HEAD_REVISION
 
 
+def test_the_head_read_from_the_scripts_is_alembics() -> None:
+    from alembic.script import ScriptDirectory
+
+    assert script_head() == ScriptDirectory(str(VERSIONS.parent)).get_current_head()
+
+
 def test_models_define_the_contract_tables() -> None:
     assert set(Base.metadata.tables) >= EXPECTED_TABLES
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -45,31 +46,45 @@ def test_run_log(engine: Engine) -> None:
     assert (runs[1]["fetched"], runs[1]["loaded"], runs[1]["rejected"]) == (0, 0, 0)
     assert runs[1]["started_at"].tzinfo is UTC
 
-    finish_run(engine, first, status="succeeded", fetched=10, loaded=8, rejected=2, error=None)
+    finish_run(engine, first, Counts("succeeded", 12, 8, 2, unchanged=2, included=3))
     finish_run(
         engine,
         second,
-        status="failed",
-        fetched=3,
-        loaded=0,
-        rejected=0,
-        error="\n  FatalFhirError: 404 Not Found " + "x" * 1000 + "\nTraceback line two",
+        Counts(
+            "failed",
+            3,
+            0,
+            0,
+            error="\n  FatalFhirError: 404 Not Found " + "x" * 1000 + "\nTraceback line two",
+        ),
     )
     by_id = {r["id"]: r for r in recent_runs(engine)}
     ok, failed = by_id[first], by_id[second]
     assert (ok["status"], ok["fetched"], ok["loaded"], ok["rejected"], ok["error"]) == (
         "succeeded",
-        10,
+        12,
         8,
         2,
         None,
     )
+    assert (ok["unchanged"], ok["included"]) == (2, 3)
     assert ok["finished_at"] >= ok["started_at"]
     assert failed["status"] == "failed"
     assert failed["error"].startswith("FatalFhirError: 404 Not Found xxx")
     assert len(failed["error"]) == 500
     assert "\n" not in failed["error"]
     assert {r["run_id"] for r in recent_runs(engine)} == {run_id}
+
+
+@dataclass
+class Counts:
+    status: str
+    fetched: int
+    loaded: int
+    rejected: int
+    unchanged: int = 0
+    included: int = 0
+    error: str | None = None
 
 
 def test_runs_for_one_run_in_start_order(engine: Engine) -> None:

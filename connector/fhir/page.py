@@ -23,6 +23,8 @@ class Page:
     bundle_last_updated: str | None
     #: Entries holding a resource, by search.mode: (match or none, include, outcome).
     counts: tuple[int, int, int] = (0, 0, 0)
+    #: Bundle.total, when the server gives it: the search's size (for progress).
+    total: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

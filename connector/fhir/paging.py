@@ -111,7 +111,14 @@ def read_page(body: bytes, *, url: httpx.URL | str, number: int) -> tuple[Page, 
         kind = _entry_kind(entry)
         if kind is not None:
             counts[kind] += 1
-    page = Page(body, number, _last_updated(document), (counts[0], counts[1], counts[2]))
+    total = document.get("total")
+    page = Page(
+        body,
+        number,
+        _last_updated(document),
+        (counts[0], counts[1], counts[2]),
+        total if isinstance(total, int) and not isinstance(total, bool) else None,
+    )
     return page, next_link(document)
 
 

@@ -468,15 +468,7 @@ class _Job:
 
     def _record_run(self, result: StreamResult) -> None:
         run_pk = state.start_run(self.engine, self.run_id, self.name, result.resource_type)
-        state.finish_run(
-            self.engine,
-            run_pk,
-            status=result.status,
-            fetched=result.fetched,
-            loaded=result.loaded,
-            rejected=result.rejected,
-            error=result.error,
-        )
+        state.finish_run(self.engine, run_pk, result)
 
 
 def _combine(
@@ -489,6 +481,7 @@ def _combine(
         result.fetched += part.fetched
         result.loaded += part.loaded
         result.rejected += part.rejected
+        result.unchanged += part.unchanged
         result.included += part.included
         result.pages += part.pages
         result.seconds = round(result.seconds + part.seconds, 3)

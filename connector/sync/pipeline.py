@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine
 from connector.config import EndpointSettings
 from connector.errors import ConnectorError, FhirError, MappingError, TransientFhirError, WarehouseError
 from connector.fhir.ndjson import NdjsonPage
-from connector.fhir.page import Entries, SourcePage, counts_of
+from connector.fhir.page import Entries, Page, SourcePage, counts_of
 from connector.fhir.paging import entries_of
 from connector.progress import sink
 from connector.pushback.intents import intents
@@ -55,6 +55,8 @@ class StreamResult:
     fetched: int = 0
     loaded: int = 0
     rejected: int = 0
+    #: Fetched, but stored exactly so already: fetched = loaded + rejected + unchanged.
+    unchanged: int = 0
     included: int = 0
     pages: int = 0
     watermark: str | None = None
@@ -417,6 +419,8 @@ async def run_stream(
     async def produce() -> None:
         try:
             async for page in pages:
+                if isinstance(page, Page) and page.number == 1 and page.total is not None:
+                    progress.stream_total(endpoint.name, rt, page.total)
                 unchanged: list[dict[str, Any]] = []
                 if skip_unchanged:
                     page = entries_of(page)  # the hashes are checked here
@@ -472,16 +476,7 @@ async def run_stream(
         await _stop(producer, ahead)
         result.seconds = round(time.monotonic() - started, 3)
         try:
-            await asyncio.to_thread(
-                state.finish_run,
-                engine,
-                run_pk,
-                status=result.status,
-                fetched=result.fetched,
-                loaded=result.loaded,
-                rejected=result.rejected,
-                error=result.error,
-            )
+            await asyncio.to_thread(state.finish_run, engine, run_pk, result)
         except WarehouseError as exc:
             # The rows (or the failure) stand; only the run log could not be written. Never let this
             # replace the stream's own outcome.
@@ -703,6 +698,7 @@ async def _write(
     rejected = len(mapped.rejects) + mapped.rejected_written
     result.pages += 1
     result.fetched += mapped.fetched
+    result.unchanged += mapped.unchanged
     result.included += included
     result.loaded += loaded
     result.rejected += rejected

@@ -88,7 +88,7 @@ async def _first_last_updated(client: FhirClient, resource_type: str, sort: str)
     return None
 
 
-async def _count(client: FhirClient, resource_type: str) -> int | None:
+async def server_count(client: FhirClient, resource_type: str) -> int | None:
     """The server's count of the stream, or None when it cannot say (`_summary=count` is optional)."""
     try:
         response = await client.request("GET", resource_type, params=[("_summary", "count")])
@@ -115,7 +115,7 @@ async def plan_windows(
         return []
     rt = plan.resource_type
     if runtime.backfill_min_resources > 0:
-        total = await _count(client, rt)
+        total = await server_count(client, rt)
         if total is not None and total < runtime.backfill_min_resources:
             return []
     try:

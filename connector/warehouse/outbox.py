@@ -66,6 +66,35 @@ def enqueue(
     conn.execute(stmt, values)
 
 
+def keys(conn: Connection, endpoint: str) -> set[tuple[str, str]]:
+    """(kind, item_key) of every outbox item of `endpoint`, whatever its status."""
+    query = sa.select(_OUTBOX.c.kind, _OUTBOX.c.item_key).where(_OUTBOX.c.endpoint == endpoint)
+    return {(kind, key) for kind, key in conn.execute(query)}
+
+
+def activity_since(engine: Engine, since: datetime) -> list[dict[str, Any]]:
+    """Per endpoint, the items queued, sent and failed since `since` (what a sync's summary reports)."""
+    columns = {
+        "queued": _OUTBOX.c.created_at >= since,
+        "sent": _OUTBOX.c.sent_at >= since,
+        "failed": sa.and_(_OUTBOX.c.status == "failed", _OUTBOX.c.updated_at >= since),
+    }
+    query = (
+        sa.select(
+            _OUTBOX.c.endpoint,
+            *(sa.func.sum(sa.case((cond, 1), else_=0)).label(name) for name, cond in columns.items()),
+        )
+        .where(sa.or_(*columns.values()))
+        .group_by(_OUTBOX.c.endpoint)
+        .order_by(_OUTBOX.c.endpoint)
+    )
+    with engine.connect() as conn:
+        return [
+            {"endpoint": r["endpoint"], **{name: int(r[name] or 0) for name in columns}}
+            for r in conn.execute(query).mappings()
+        ]
+
+
 def enqueue_metrics(
     engine: Engine, endpoint: str, period_starts: Sequence[date], measure_codes: Sequence[str]
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -102,28 +102,33 @@ def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def finish_run(
-    engine: Engine,
-    run_pk: int,
-    *,
-    status: str,
-    fetched: int,
-    loaded: int,
-    rejected: int,
-    error: str | None,
-) -> None:
-    """Record how a stream of a run ended; `error` is stored as one line of at most 500 characters."""
+class RunCounts(Protocol):
+    """What `finish_run` records of a stream (a `StreamResult`)."""
+
+    status: str
+    fetched: int
+    loaded: int
+    rejected: int
+    unchanged: int
+    included: int
+    error: str | None
+
+
+def finish_run(engine: Engine, run_pk: int, counts: RunCounts) -> None:
+    """Record how a stream of a run ended; its error is stored as one line of at most 500 characters."""
     with _run_log("recording the end of a run"), begin_write(engine) as conn:
         conn.execute(
             sa.update(_RUN)
             .where(_RUN.c.id == run_pk)
             .values(
                 finished_at=datetime.now(UTC),
-                status=status,
-                fetched=fetched,
-                loaded=loaded,
-                rejected=rejected,
-                error=one_line(error) if error is not None else None,
+                status=counts.status,
+                fetched=counts.fetched,
+                loaded=counts.loaded,
+                rejected=counts.rejected,
+                unchanged=counts.unchanged,
+                included=counts.included,
+                error=one_line(counts.error) if counts.error is not None else None,
             )
         )
 
@@ -153,6 +158,34 @@ def replace_failed_runs(engine: Engine, run_id: str, endpoint: str, resource_typ
 def runs_for(engine: Engine, run_id: str) -> list[dict[str, Any]]:
     """The sync_run rows of one run (one per stream), in the order the streams started."""
     query = sa.select(_RUN).where(_RUN.c.run_id == run_id).order_by(_RUN.c.id)
+    with engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def receipts_disagreeing(engine: Engine) -> list[dict[str, Any]]:
+    """Streams whose latest receipt disagrees: the source's count is not what the warehouse holds.
+
+    One row per endpoint and stream (its newest run with a receipt): endpoint, resource_type,
+    started_at, source_count, warehouse_count.
+    """
+    latest = (
+        sa.select(sa.func.max(_RUN.c.id).label("id"))
+        .where(_RUN.c.source_count.is_not(None))
+        .group_by(_RUN.c.endpoint, _RUN.c.resource_type)
+        .subquery()
+    )
+    query = (
+        sa.select(
+            _RUN.c.endpoint,
+            _RUN.c.resource_type,
+            _RUN.c.started_at,
+            _RUN.c.source_count,
+            _RUN.c.warehouse_count,
+        )
+        .join(latest, latest.c.id == _RUN.c.id)
+        .where(_RUN.c.source_count != _RUN.c.warehouse_count)
+        .order_by(_RUN.c.endpoint, _RUN.c.resource_type)
+    )
     with engine.connect() as conn:
         return [dict(row._mapping) for row in conn.execute(query)]
 

@@ -77,6 +77,15 @@ class SyncRun(Base):
     loaded: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
     rejected: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
     error: Mapped[str | None] = mapped_column(sa.Text())
+    #: Fetched but stored exactly so already (incremental runs): fetched = loaded + rejected + unchanged.
+    unchanged: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
+    #: Resources of other types that came with the stream (`_include`, a line of another synced type in
+    #: the type's NDJSON file), loaded as their own type; not in `fetched`.
+    included: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
+    #: The receipt: what the source says it holds of the type (`_summary=count`, the NDJSON files' lines),
+    #: and the warehouse's resources of it after the run (with its open dead letters). NULL: not counted.
+    source_count: Mapped[int | None]
+    warehouse_count: Mapped[int | None]
 
 
 class DeadLetter(Base):
