@@ -630,7 +630,17 @@ def status(
         _print_json(data)
         return
     runs = Table(title="Recent runs", title_justify="left")
-    for col in ("started", "endpoint", "stream", "status", "fetched", "loaded", "rejected", "error"):
+    for col in (
+        "started",
+        "endpoint",
+        "stream",
+        "status",
+        "fetched",
+        "loaded",
+        "unchanged",
+        "rejected",
+        "error",
+    ):
         runs.add_column(col)
     for r in data["runs"]:
         runs.add_row(
@@ -640,6 +650,7 @@ def status(
             r["status"],
             str(r["fetched"]),
             str(r["loaded"]),
+            str(r["unchanged"]),
             str(r["rejected"]),
             (r["error"] or "")[:80],
         )

@@ -1,4 +1,5 @@
-"""The markdown artifact each endpoint run publishes: per stream fetched / loaded / rejected / duration.
+"""The markdown artifact each endpoint run publishes: per stream fetched / loaded / rejected /
+unchanged / duration.
 
 Names and counts only: no resource ids, no URLs (a base URL can name the practice's tenant), no errors
 verbatim beyond their one-line reason, which never holds resource values.
@@ -32,11 +33,12 @@ def stream_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "fetched": 0,
                 "loaded": 0,
                 "rejected": 0,
+                "unchanged": 0,
                 "seconds": 0.0,
             },
         )
         row["windows"] += 1
-        for key in ("fetched", "loaded", "rejected"):
+        for key in ("fetched", "loaded", "rejected", "unchanged"):
             row[key] += int(r.get(key) or 0)
         row["seconds"] = max(row["seconds"], float(r.get("seconds") or 0.0))
         if r.get("status") == "skipped" and row["windows"] == 1:
@@ -50,13 +52,13 @@ def render(endpoint_name: str, results: Sequence[dict[str, Any]], failures: Sequ
     lines = [
         f"# Sync of `{endpoint_name}`",
         "",
-        "| stream | mode | status | windows | fetched | loaded | rejected | seconds |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| stream | mode | status | windows | fetched | loaded | rejected | unchanged | seconds |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in stream_rows(results):
         lines.append(
             f"| {row['stream']} | {row['mode']} | {row['status']} | {row['windows']} | {row['fetched']} "
-            f"| {row['loaded']} | {row['rejected']} | {row['seconds']:.1f} |"
+            f"| {row['loaded']} | {row['rejected']} | {row['unchanged']} | {row['seconds']:.1f} |"
         )
     if failures:
         lines += ["", "## Failures", ""]

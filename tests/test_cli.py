@@ -429,3 +429,25 @@ def test_check_reads_every_ndjson_file_to_its_end_and_names_a_truncated_one(tmp_
     (report,) = orjson.loads(result.stdout)
     reasons = {s["resource_type"]: s["reason"] for s in report["streams"]}
     assert reasons["Coverage"] == "1 file(s), 2 line(s)"
+
+
+def test_every_option_of_every_command_has_help_text() -> None:
+    import click
+    import typer.main
+
+    missing = []
+
+    def walk(command: click.Command, path: list[str]) -> None:
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                walk(sub, [*path, name])
+            return
+        assert command.help, f"`connector {' '.join(path)}` has no help"
+        missing.extend(
+            f"{' '.join(path)} {p.opts[0]}"
+            for p in command.params
+            if isinstance(p, click.Option) and not p.help
+        )
+
+    walk(typer.main.get_command(app), [])
+    assert missing == []

@@ -310,8 +310,9 @@ def test_artifact_adds_windows_up_per_stream_and_strips_hosts() -> None:
             "mode": "last-updated",
             "status": "failed",
             "fetched": 4,
-            "loaded": 4,
+            "loaded": 1,
             "rejected": 0,
+            "unchanged": 3,
             "seconds": 2.5,
         },
         {
@@ -331,12 +332,13 @@ def test_artifact_adds_windows_up_per_stream_and_strips_hosts() -> None:
         "status": "failed",
         "windows": 2,
         "fetched": 7,
-        "loaded": 6,
+        "loaded": 3,
         "rejected": 1,
+        "unchanged": 3,
         "seconds": 2.5,
     }
     text = render("Clinic_EMR", results, ["Claim window 2/2: GET https://emr.clinic-x.org/fhir/Claim | 503"])
-    assert "| Claim | last-updated | failed | 2 | 7 | 6 | 1 | 2.5 |" in text
+    assert "| Claim | last-updated | failed | 2 | 7 | 3 | 1 | 3 | 2.5 |" in text
     assert "emr.clinic-x.org" not in text
     assert "GET /fhir/Claim / 503" in text
     assert artifact_key("Clinic_EMR.main") == "sync-clinic-emr-main"
