@@ -748,7 +748,9 @@ def deadletters_list(
 @deadletters_app.command("replay")
 def deadletters_replay(
     config: ConfigOption = None,
-    endpoint: Annotated[str | None, typer.Option("--endpoint", "-e")] = None,
+    endpoint: Annotated[
+        str | None, typer.Option("--endpoint", "-e", help="Only this endpoint's dead letters.")
+    ] = None,
     ids: Annotated[list[int] | None, typer.Option("--id", help="Only these dead-letter ids.")] = None,
     json_out: JsonOption = False,
 ) -> None:
