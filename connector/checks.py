@@ -12,15 +12,17 @@ import httpx
 from rich.table import Table
 
 from connector.config import EndpointSettings, Settings, with_directory
-from connector.errors import AuthError, ConnectorError, SourceFileError, WarehouseError
+from connector.errors import AuthError, ConnectorError, FhirError, SourceFileError, WarehouseError
 from connector.fhir import capabilities as caps
 from connector.fhir.client import FhirClient
 from connector.fhir.http import url_path
 from connector.fhir.ndjson import NdjsonSource
 from connector.streams import plan_stream, stream_for
 from connector.sync.bulk import should_use_bulk
+from connector.sync.pipeline import search_params
 from connector.warehouse import bulk_state, state
 from connector.warehouse.engine import open_existing
+from mappings.vendors import recognise
 
 
 @dataclass(slots=True)
@@ -30,6 +32,8 @@ class StreamCheck:
     last_updated: bool | None
     mode: str
     reason: str
+    #: What a type-level search as a sync sends it (`_count=1`) got: "ok", or the server's refusal.
+    search: str | None = None
 
 
 @dataclass(slots=True)
@@ -45,6 +49,10 @@ class EndpointReport:
     bulk: str = ""
     #: An export an earlier run kicked off and has not finished loading, from the warehouse.
     export_in_progress: dict[str, Any] | None = None
+    #: The configured profile, the one that fits the server, and why.
+    profile: str = "generic"
+    profile_fit: str | None = None
+    profile_why: str = ""
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -66,10 +74,17 @@ class EndpointReport:
             caption="\n".join([*self.notes, *self.problems]) or None,
             caption_justify="left",
         )
-        for col in ("stream", "supported", "_lastUpdated", "mode", "why"):
+        for col in ("stream", "supported", "_lastUpdated", "search", "mode", "why"):
             table.add_column(col)
         for s in self.streams:
-            table.add_row(s.resource_type, _yes_no(s.supported), _yes_no(s.last_updated), s.mode, s.reason)
+            table.add_row(
+                s.resource_type,
+                _yes_no(s.supported),
+                _yes_no(s.last_updated),
+                (s.search or "-")[:60],
+                s.mode,
+                s.reason,
+            )
         return table
 
 
@@ -120,16 +135,91 @@ async def check_endpoint(
                     probe = rt
             _check_bulk(endpoint, capability, report)
             if probe is not None:
-                # /metadata is often public; a one-resource search proves the credentials.
-                try:
-                    await client.request("GET", probe, params={"_count": "1"})
-                    report.auth = "ok" if endpoint.auth.type != "none" else "ok (no auth configured)"
-                except AuthError as exc:
-                    report.auth = "FAILED"
-                    report.problems.append(f"auth failed: {exc}")
+                await _probe_searches(client, endpoint, report)
+            _check_profile(endpoint, capability, report)
     except ConnectorError as exc:
         report.problems.append(str(exc))
     return report
+
+
+async def _probe_searches(client: FhirClient, endpoint: EndpointSettings, report: EndpointReport) -> None:
+    """One type-level search per offered stream, as a first sync sends it but for one resource: it proves
+    the credentials (/metadata is often public) and shows the searches the server refuses."""
+    for stream in report.streams:
+        if not stream.supported:
+            continue
+        if endpoint.crawls_per_patient(stream.resource_type):
+            stream.search = "per patient"  # a type-level search is refused by design
+            continue
+        plan = plan_stream(endpoint, stream_for(stream.resource_type), None)
+        params = [(k, v) for k, v in search_params(plan, endpoint, None) if k != "_count"] + [("_count", "1")]
+        try:
+            await client.request("GET", stream.resource_type, params=params)
+        except AuthError as exc:
+            report.auth = "FAILED"
+            report.problems.append(f"auth failed: {exc}")
+            return
+        except FhirError as exc:
+            said = f": {exc.outcome}" if exc.outcome else ""
+            stream.search = f"refused (HTTP {exc.status}){said}" if exc.status else f"failed: {exc}"
+            report.problems.append(
+                f"{stream.resource_type}: a sync would fail: the search is {stream.search}"
+            )
+            continue
+        stream.search = "ok"
+        report.auth = "ok" if endpoint.auth.type != "none" else "ok (no auth configured)"
+
+
+def _check_profile(endpoint: EndpointSettings, capability: dict[str, Any], report: EndpointReport) -> None:
+    """Which vendor profile fits the server and why, against the configured one."""
+    report.profile = endpoint.profile
+    recognised = recognise(capability)
+    refused = [s.resource_type for s in report.streams if s.search and "patient" in s.search.lower()]
+    if recognised is not None:
+        fit, report.profile_why = recognised[0].name, recognised[1]
+    elif refused:
+        fit = None
+        report.profile_why = f"{', '.join(refused)}: searched only per patient, like epic, oracle and athena"
+    elif any(s.search == "ok" for s in report.streams):
+        fit, report.profile_why = "generic", "every offered stream answered a type-level search"
+    else:
+        return
+    report.profile_fit = fit
+    if fit is not None and fit != endpoint.profile:
+        report.problems.append(
+            f'profile: {report.profile_why}: set profile = "{fit}" (now {endpoint.profile!r})'
+        )
+    elif fit is None:
+        report.problems.append(f"profile: {report.profile_why}; set `profile` to the EMR's vendor")
+    else:
+        report.notes.append(f"profile {fit}: {report.profile_why}")
+    vendor = endpoint.vendor
+    if endpoint.bulk != "never" and endpoint.bulk_level not in vendor.bulk_levels:
+        report.problems.append(
+            f"{vendor.title} allows $export at {' or '.join(vendor.bulk_levels)} level only, not "
+            f'{endpoint.bulk_level}: set bulk_level = "{vendor.bulk_levels[0]}"'
+            + (" and bulk_group_id" if vendor.bulk_levels[0] == "group" else "")
+        )
+    crawled = [
+        s.resource_type
+        for s in report.streams
+        if s.supported and endpoint.crawls_per_patient(s.resource_type)
+    ]
+    if not crawled:
+        return
+    if endpoint.patient_list_file is not None:
+        report.notes.append(
+            f"{', '.join(crawled)}: crawled per patient, the ids in {endpoint.patient_list_file}"
+        )
+    elif endpoint.crawl_group_id is not None:
+        report.notes.append(
+            f"{', '.join(crawled)}: crawled per patient, the members of Group/{endpoint.crawl_group_id}"
+        )
+    else:
+        report.problems.append(
+            f"{', '.join(crawled)}: {vendor.title} searches them only per patient: set `patient_group_id` "
+            "(or `bulk_group_id`) or `patient_list_file`"
+        )
 
 
 def _next_mode(

@@ -35,6 +35,7 @@ from connector.errors import ConfigError
 from mappings.fhir_ids import ID_PATTERN
 from mappings.specs import DEFAULT_TYPES, DIRECTORY_TYPES, SPECS, SYNCED_TYPES
 from mappings.types import DEFAULT_INTAKE_ITEMS, MappingOptions
+from mappings.vendors import PROFILE_NAMES, PROFILES, VendorProfile
 
 CONFIG_ENV_VAR = "CONNECTOR_CONFIG"
 DEFAULT_CONFIG_FILE = "connector.toml"
@@ -257,6 +258,15 @@ class EndpointSettings(_Strict):
     #: resource goes to dead_letter.
     validation: Literal["strict", "mapped"] = "strict"
     max_connections: int = Field(default=4, ge=1, le=64)
+    #: The EMR's search rules (`mappings/vendors.py`): generic, epic, oracle or athena.
+    profile: str = "generic"
+    #: athenahealth's practice id: every request then carries ah-practice=Organization/a-1.Practice-{id}.
+    practice_id: str | None = Field(default=None, pattern=r"^[0-9A-Za-z][0-9A-Za-z.\-]{0,63}$")
+    #: Streams the profile searches only per patient are crawled patient by patient: the patients are the
+    #: members of this Group (default: `bulk_group_id`) ...
+    patient_group_id: str | None = Field(default=None, pattern=rf"^{ID_PATTERN}$")
+    #: ... or the ids in this file (one per line, `123` or `Patient/123`; relative to this file's folder).
+    patient_list_file: Path | None = None
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
@@ -358,6 +368,14 @@ class EndpointSettings(_Strict):
             value = Path(base) / value
         return value
 
+    @field_validator("patient_list_file")
+    @classmethod
+    def _patient_list_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        base = (info.context or {}).get("config_dir")
+        if value is not None and not value.is_absolute() and base is not None:
+            value = Path(base) / value
+        return value
+
     @field_validator("resources")
     @classmethod
     def _resources(cls, value: list[str]) -> list[str]:
@@ -385,17 +403,64 @@ class EndpointSettings(_Strict):
             raise ValueError(f"unsupported resource type {', '.join(unknown)}")
         return value
 
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, value: str) -> str:
+        if value not in PROFILES:
+            close = difflib.get_close_matches(value.lower(), PROFILE_NAMES, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown profile {value!r}{hint} (one of {', '.join(PROFILE_NAMES)})")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_bulk_level(cls, data: Any) -> Any:
+        """Epic refuses system-level exports: its `bulk_level` defaults to the Group export."""
+        if isinstance(data, dict) and "bulk_level" not in data:
+            vendor = PROFILES.get(str(data.get("profile", "generic")))
+            if vendor is not None and "system" not in vendor.bulk_levels:
+                return {**data, "bulk_level": vendor.bulk_levels[0]}
+        return data
+
     @model_validator(mode="after")
     def _one_source(self) -> EndpointSettings:
         if (self.base_url is None) == (self.ndjson_dir is None):
             raise ValueError(
                 "set exactly one of `base_url` (a FHIR server) or `ndjson_dir` (a folder of NDJSON)"
             )
+        needs_practice = any("{practice_id}" in t for t in self.vendor.fixed_params.values())
+        if needs_practice and self.practice_id is None:
+            raise ValueError(
+                f"profile {self.profile!r} needs `practice_id` (every request carries ah-practice)"
+            )
         return self
 
     @property
     def is_server(self) -> bool:
         return self.base_url is not None
+
+    @property
+    def vendor(self) -> VendorProfile:
+        """The search rules of this endpoint's EMR."""
+        return PROFILES[self.profile]
+
+    def search_count(self) -> int:
+        """`_count` of a search page: `page_size`, within what the server honours."""
+        cap = self.vendor.max_count
+        return min(self.page_size, cap) if cap is not None else self.page_size
+
+    def crawls_per_patient(self, resource_type: str) -> bool:
+        """Whether the profile searches this type only per patient (`patient` among the parameters)."""
+        return "patient" in self.vendor.needs(resource_type)
+
+    @property
+    def crawl_group_id(self) -> str | None:
+        return self.patient_group_id or self.bulk_group_id
+
+    def fixed_params(self) -> list[tuple[str, str]]:
+        """Parameters the profile sends with every request (athenahealth's `ah-practice`)."""
+        values = {"practice_id": self.practice_id or ""}
+        return [(name, template.format(**values)) for name, template in self.vendor.fixed_params.items()]
 
     def mapping_options(self) -> MappingOptions:
         """What the mappers of this endpoint are told: its `[mapping]` table and its validation level."""
@@ -701,6 +766,10 @@ schedule = "*/15 * * * *"                  # cron, used by `connector serve`
 # incremental = "auto"                     # auto | last-updated | date-param | full
 # validation = "strict"                    # strict: whole resources (FHIR R4); mapped: only what is mapped
 # max_connections = 4                      # HTTP connections to this server at once
+# profile = "generic"                      # the EMR's search rules: generic | epic | oracle | athena
+# practice_id = "195900"                   # athena: sent as ah-practice=Organization/a-1.Practice-{id}
+# patient_group_id = "practice-patients"   # types the profile searches only per patient: the Group's members
+# patient_list_file = "patients.txt"       # ... or these ids, one per line
 # verify_tls = true                        # false only for a test server with a self-signed certificate
 
 # Bulk Data $export (for first loads and full refreshes):

@@ -15,6 +15,9 @@ class ProgressSink(Protocol):
     def stream_total(self, endpoint: str, resource_type: str, total: int) -> None:
         """The server's count of what a search (or a window of it) will fetch (`Bundle.total`)."""
 
+    def patients_done(self, endpoint: str, resource_type: str, done: int, total: int) -> None:
+        """A per-patient crawl finished its `done`-th patient of `total`."""
+
     def page_done(
         self, endpoint: str, resource_type: str, *, fetched: int, loaded: int, rejected: int
     ) -> None: ...
@@ -27,6 +30,9 @@ class _NullSink:
         return None
 
     def stream_total(self, endpoint: str, resource_type: str, total: int) -> None:
+        return None
+
+    def patients_done(self, endpoint: str, resource_type: str, done: int, total: int) -> None:
         return None
 
     def page_done(

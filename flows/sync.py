@@ -39,6 +39,7 @@ from connector.mapping_pool import page_mapper, pages_ahead
 from connector.pushback.run import push_round, queue_round
 from connector.streams import Plan
 from connector.sync.bulk import run_bulk_backfill, search_falls_back_to_bulk
+from connector.sync.crawl import PatientCrawl
 from connector.sync.endpoint import (
     EndpointPlan,
     WindowOutcome,
@@ -152,6 +153,7 @@ async def sync_stream(job: StreamJob, local: Local | None = None) -> StreamResul
     async with _stream_resources(job, local) as (settings, endpoint, engine), AsyncExitStack() as stack:
         pages: AsyncIterator[SourcePage]
         incremental = False
+        crawl: PatientCrawl | None = None
         if endpoint.is_server:
             client = await stack.enter_async_context(FhirClient(endpoint))
             watermark_at = None
@@ -161,9 +163,14 @@ async def sync_stream(job: StreamJob, local: Local | None = None) -> StreamResul
                 )
             # After the first run, the overlap before the watermark is mostly resources stored already.
             incremental = watermark_at is not None
-            params = window_params(plan, endpoint, job.window, watermark_at)
-            # A page's entries are parsed where it is mapped, once (see `connector.fhir.page`).
-            pages = client.search(plan.resource_type, params)
+            if endpoint.crawls_per_patient(plan.resource_type):
+                crawl = PatientCrawl(client, engine, endpoint, plan, watermark_at)
+                pages = crawl.pages()
+            else:
+                # A page's entries are parsed where it is mapped, once (see `connector.fhir.page`).
+                pages = client.search(
+                    plan.resource_type, window_params(plan, endpoint, job.window, watermark_at)
+                )
         else:
             assert endpoint.ndjson_dir is not None
             pages = NdjsonSource(endpoint.ndjson_dir, endpoint.page_size, endpoint.resources).pages(
@@ -183,6 +190,8 @@ async def sync_stream(job: StreamJob, local: Local | None = None) -> StreamResul
             pages_ahead=pages_ahead(settings.runtime.mapping_workers()),
             skip_unchanged=incremental,
         )
+        if crawl is not None and result.status == "succeeded":
+            await asyncio.to_thread(crawl.record)
     if result.status != "succeeded":
         raise StreamFailed(result, transient=result.transient)
     return result
@@ -366,10 +375,7 @@ async def _sync_streams(
     advance_window_watermarks(run.engine, done.windows)
     if run.client is not None:
         done.failures += await sweep_deletions(run.client, run.engine, endpoint.name, plan.sweeps)
-        # A receipt says what a complete stream holds: none for a stream that failed.
-        failed = {r.resource_type for r in done.results if r.status == "failed"}
-        complete = sorted({r.resource_type for r in done.results if r.status == "succeeded"} - failed)
-        await take_receipts(run.client, run.engine, endpoint.name, run.run_id, complete)
+        await take_receipts(run.client, run.engine, endpoint, run.run_id, done.results)
     return done
 
 

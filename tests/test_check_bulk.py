@@ -61,9 +61,11 @@ def write_config(tmp_path: Path, *, bulk: str = "auto", level: str = "system") -
 
 
 def run_check(config: Path, cap: dict[str, Any]) -> tuple[int, dict[str, Any], str]:
-    with respx.mock(base_url=BASE) as mock:
+    # Only the offered streams are probed: a route of a type the server lacks goes uncalled.
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
         mock.get("/metadata").respond(json=cap)
-        mock.get("/ServiceRequest").respond(json={"resourceType": "Bundle", "type": "searchset"})
+        for rtype in ("ServiceRequest", "Coverage"):  # check probes a search of each stream
+            mock.get(f"/{rtype}").respond(json={"resourceType": "Bundle", "type": "searchset"})
         as_json = runner.invoke(app, ["check", "--config", str(config), "--json"])
         as_text = runner.invoke(app, ["check", "--config", str(config)])
     (report,) = orjson.loads(as_json.stdout)

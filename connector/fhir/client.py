@@ -133,14 +133,14 @@ class FhirClient:
     async def search(self, resource_type: str, params: Params) -> AsyncGenerator[Page, None]:
         """GET [base]/{type}?params, then follow Bundle.link[next] verbatim, one Page at a time.
 
-        `_count` is set from `page_size` unless the caller gave one. Pages keep their entries unparsed
-        (`Page.body`): they are parsed where the page is mapped, once.
+        `_count` is set from `page_size` (within the profile's limit) unless the caller gave one. Pages
+        keep their entries unparsed (`Page.body`): they are parsed where the page is mapped, once.
         """
         if not TYPE_RE.fullmatch(resource_type):
             raise ValueError(f"not a FHIR resource type: {resource_type!r}")
         items = list(params.items()) if isinstance(params, Mapping) else list(params)
         if not any(key == "_count" for key, _ in items):
-            items.append(("_count", str(self.endpoint.page_size)))
+            items.append(("_count", str(self.endpoint.search_count())))
         url = httpx.URL(f"{self.base_url}/{resource_type}", params=items)
         guard = NextLinkGuard(self.base_url)
         number = 1
@@ -211,7 +211,9 @@ class FhirClient:
         host the caller has vetted (they never carry the Authorization header). Redirects are not followed.
         Transport failures raise TransientFhirError / FatalFhirError.
         """
-        url = self._absolute(url_or_path) if authenticated else httpx.URL(url_or_path)
+        url = (
+            self._with_fixed_params(self._absolute(url_or_path)) if authenticated else httpx.URL(url_or_path)
+        )
         try:
             return await self._http.request(
                 method,
@@ -254,7 +256,14 @@ class FhirClient:
             return url
         return httpx.URL(f"{self.base_url}/{url_or_path.lstrip('/')}")
 
+    def _with_fixed_params(self, url: httpx.URL) -> httpx.URL:
+        """The URL with the profile's parameters for every request (athenahealth's `ah-practice`); a next
+        link that carries them already is left as it is."""
+        missing = {k: v for k, v in self.endpoint.fixed_params() if k not in url.params}
+        return url.copy_merge_params(missing) if missing else url
+
     async def _with_retries(self, method: str, url: httpx.URL, **kwargs: Any) -> Any:
+        url = self._with_fixed_params(url)
         retrying = build_retrying(self.endpoint.retry, sleep=self._sleep, what=describe(method, url))
         return await retrying(self._send_once, method, url, **kwargs)
 

@@ -298,8 +298,9 @@ def _advance_cursor(out: MappedPage, resource: Any, date_element: str | None) ->
 def search_params(
     plan: Plan, endpoint: EndpointSettings, watermark_at: datetime | None
 ) -> list[tuple[str, str]]:
-    """The search parameters of one incremental run of a stream."""
-    params: list[tuple[str, str]] = [("_count", str(endpoint.page_size))]
+    """The search parameters of one incremental run of a stream (within the endpoint profile's rules:
+    its `_count` limit, and `ge` where the server takes no `gt`)."""
+    params: list[tuple[str, str]] = [("_count", str(endpoint.search_count()))]
     params.extend(("_include", target) for target in plan.includes)
     since = None
     if watermark_at is not None:
@@ -307,7 +308,8 @@ def search_params(
     if plan.mode == "last-updated":
         params.append(("_sort", "_lastUpdated"))
         if since is not None:
-            params.append(("_lastUpdated", f"gt{fhir_instant(since)}"))
+            prefix = endpoint.vendor.incremental_prefix() or "gt"
+            params.append(("_lastUpdated", f"{prefix}{fhir_instant(since)}"))
     elif plan.mode == "date-param" and since is not None and plan.date_param:
         params.append((plan.date_param, f"gt{fhir_instant(since)}"))
     return params

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from connector.config import EndpointSettings
 from connector.fhir.client import FhirClient
+from connector.sync.pipeline import StreamResult
 from connector.sync.windows import server_count
 from connector.warehouse.engine import begin_write
 from connector.warehouse.models import DeadLetter, RawResource, SyncRun
@@ -79,9 +81,20 @@ def record(engine: Engine, run_id: str, endpoint: str, receipts: Sequence[Receip
 
 
 async def take_receipts(
-    client: FhirClient, engine: Engine, endpoint: str, run_id: str, resource_types: Sequence[str]
+    client: FhirClient,
+    engine: Engine,
+    settings: EndpointSettings,
+    run_id: str,
+    results: Sequence[StreamResult],
 ) -> list[Receipt]:
-    """Count each type on the server and in the warehouse, and store the receipts."""
+    """Count each complete stream's type on the server and in the warehouse, and store the receipts.
+
+    None for a stream that failed (a window of it, say), nor for a type the server searches only per
+    patient (it cannot be counted type-wide)."""
+    endpoint = settings.name
+    failed = {r.resource_type for r in results if r.status == "failed"}
+    complete = {r.resource_type for r in results if r.status == "succeeded"} - failed
+    resource_types = sorted(rt for rt in complete if not settings.crawls_per_patient(rt))
     totals = await asyncio.gather(*(server_count(client, rt) for rt in resource_types))
     try:
         receipts = [

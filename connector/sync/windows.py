@@ -70,7 +70,10 @@ def window_params(
     if window.start is not None:
         params.append(("_lastUpdated", f"ge{window.start}"))
     if window.end is not None:
-        params.append(("_lastUpdated", f"lt{window.end}"))
+        # `le` where the server takes no `lt` (Oracle Health): a resource on the edge is read twice, and
+        # the second read is an unchanged upsert.
+        upper = "lt" if "lt" in endpoint.vendor.last_updated_prefixes else "le"
+        params.append(("_lastUpdated", f"{upper}{window.end}"))
     return params
 
 
@@ -106,11 +109,16 @@ async def plan_windows(
     watermark_at: datetime | None,
 ) -> list[Window]:
     """The windows of this stream's run; [] means one unwindowed task (incremental runs, small streams)."""
+    prefixes = endpoint.vendor.last_updated_prefixes
     if (
         client is None
         or watermark_at is not None
         or plan.mode != "last-updated"
         or runtime.backfill_windows <= 1
+        # A window needs a lower and an upper bound (athenahealth takes only gt / ge).
+        or "ge" not in prefixes
+        or endpoint.crawls_per_patient(plan.resource_type)
+        or not ({"lt", "le"} & set(prefixes))
     ):
         return []
     rt = plan.resource_type
