@@ -211,6 +211,10 @@ def _check_profile(endpoint: EndpointSettings, capability: dict[str, Any], repor
         report.notes.append(
             f"{', '.join(crawled)}: crawled per patient, the ids in {endpoint.patient_list_file}"
         )
+    elif endpoint.patient_search is not None:
+        report.notes.append(
+            f"{', '.join(crawled)}: crawled per patient, the matches of Patient?{endpoint.patient_search}"
+        )
     elif endpoint.crawl_group_id is not None:
         report.notes.append(
             f"{', '.join(crawled)}: crawled per patient, the members of Group/{endpoint.crawl_group_id}"
@@ -218,7 +222,7 @@ def _check_profile(endpoint: EndpointSettings, capability: dict[str, Any], repor
     else:
         report.problems.append(
             f"{', '.join(crawled)}: {vendor.title} searches them only per patient: set `patient_group_id` "
-            "(or `bulk_group_id`) or `patient_list_file`"
+            "(or `bulk_group_id`), `patient_search` or `patient_list_file`"
         )
 
 

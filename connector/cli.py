@@ -127,10 +127,11 @@ class _RichSink:
                 f"{endpoint} {resource_type}", total=None, fetched=0, rejected=0
             )
 
-    def patients_done(self, endpoint: str, resource_type: str, done: int, total: int) -> None:
+    def patients_done(self, endpoint: str, resource_type: str, done: int, total: int | None) -> None:
         task_id = self.tasks.get((endpoint, resource_type))
         if task_id is not None:
-            self.bar.update(task_id, description=f"{endpoint} {resource_type} (patients {done}/{total})")
+            of = total if total is not None else "?"
+            self.bar.update(task_id, description=f"{endpoint} {resource_type} (patients {done}/{of})")
 
     def stream_total(self, endpoint: str, resource_type: str, total: int) -> None:
         task_id = self.tasks.get((endpoint, resource_type))
@@ -176,10 +177,12 @@ class _LineSink:
     def stream_total(self, endpoint: str, resource_type: str, total: int) -> None:
         self.console.print(f"{endpoint} {resource_type}: the server counts {total} to fetch", markup=False)
 
-    def patients_done(self, endpoint: str, resource_type: str, done: int, total: int) -> None:
-        # A line per tenth of the patients (and the last): enough to see a long crawl move.
-        if done == total or done % max(1, total // 10) == 0:
-            self.console.print(f"{endpoint} {resource_type}: patients {done}/{total}", markup=False)
+    def patients_done(self, endpoint: str, resource_type: str, done: int, total: int | None) -> None:
+        # A line per tenth of the patients (and the last; every 1,000 when the total is not known).
+        step = max(1, total // 10) if total else 1000
+        if done == total or done % step == 0:
+            of = total if total is not None else "?"
+            self.console.print(f"{endpoint} {resource_type}: patients {done}/{of}", markup=False)
 
     def page_done(
         self, endpoint: str, resource_type: str, *, fetched: int, loaded: int, rejected: int

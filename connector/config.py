@@ -265,6 +265,11 @@ class EndpointSettings(_Strict):
     #: Streams the profile searches only per patient are crawled patient by patient: the patients are the
     #: members of this Group (default: `bulk_group_id`) ...
     patient_group_id: str | None = Field(default=None, pattern=rf"^{ID_PATTERN}$")
+    #: Get the Group's patients by `Group/{id}/$export?_type=Patient` instead of reading the Group (for a
+    #: group too big to read whole).
+    patient_group_export: bool = False
+    #: ... or the matches of this Patient search (a query string, e.g. `organization=Organization/o1`) ...
+    patient_search: str | None = None
     #: ... or the ids in this file (one per line, `123` or `Patient/123`; relative to this file's folder).
     patient_list_file: Path | None = None
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
@@ -769,6 +774,8 @@ schedule = "*/15 * * * *"                  # cron, used by `connector serve`
 # profile = "generic"                      # the EMR's search rules: generic | epic | oracle | athena
 # practice_id = "195900"                   # athena: sent as ah-practice=Organization/a-1.Practice-{id}
 # patient_group_id = "practice-patients"   # types the profile searches only per patient: the Group's members
+# patient_group_export = false            # true: the Group's patients by $export, not a Group read
+# patient_search = "general-practitioner=Organization/practice-1"   # ... or this Patient search's matches
 # patient_list_file = "patients.txt"       # ... or these ids, one per line
 # verify_tls = true                        # false only for a test server with a self-signed certificate
 

@@ -15,8 +15,8 @@ class ProgressSink(Protocol):
     def stream_total(self, endpoint: str, resource_type: str, total: int) -> None:
         """The server's count of what a search (or a window of it) will fetch (`Bundle.total`)."""
 
-    def patients_done(self, endpoint: str, resource_type: str, done: int, total: int) -> None:
-        """A per-patient crawl finished its `done`-th patient of `total`."""
+    def patients_done(self, endpoint: str, resource_type: str, done: int, total: int | None) -> None:
+        """A per-patient crawl finished its `done`-th patient of `total` (None: not known up front)."""
 
     def page_done(
         self, endpoint: str, resource_type: str, *, fetched: int, loaded: int, rejected: int
@@ -32,7 +32,7 @@ class _NullSink:
     def stream_total(self, endpoint: str, resource_type: str, total: int) -> None:
         return None
 
-    def patients_done(self, endpoint: str, resource_type: str, done: int, total: int) -> None:
+    def patients_done(self, endpoint: str, resource_type: str, done: int, total: int | None) -> None:
         return None
 
     def page_done(

@@ -173,7 +173,7 @@ def test_athena_requests_carry_the_practice_and_count_at_most_100(tmp_path: Path
     assert code == 1  # ServiceRequest needs a per-patient crawl
     assert (
         "ServiceRequest: athenahealth searches them only per patient: set `patient_group_id` (or "
-        "`bulk_group_id`) or `patient_list_file`" in report["problems"]
+        "`bulk_group_id`), `patient_search` or `patient_list_file`" in report["problems"]
     )
     searches = {s["resource_type"]: s["search"] for s in report["streams"]}
     assert searches == {"ServiceRequest": "per patient", "Coverage": "ok"}

@@ -307,9 +307,12 @@ class BulkExport:
 
     # -- kick-off, status, cancel -----------------------------------------------------------------------
 
-    async def kick_off(self, resource_types: Sequence[str], since: datetime | None = None) -> str:
-        """Start an export; returns the absolute status URL (Content-Location of the 202)."""
-        path = export_path(self.endpoint.bulk_level, self.endpoint.bulk_group_id)
+    async def kick_off(
+        self, resource_types: Sequence[str], since: datetime | None = None, *, path: str | None = None
+    ) -> str:
+        """Start an export (at the endpoint's level, or at `path`); returns the absolute status URL
+        (Content-Location of the 202)."""
+        path = path or export_path(self.endpoint.bulk_level, self.endpoint.bulk_group_id)
         try:
             response = await self.fhir.request(
                 "GET",

@@ -1,8 +1,11 @@
 """The per-patient crawl of a stream the EMR searches only with `patient` (Epic, Oracle Health, athena).
 
-The patients are the members of a Group (`patient_group_id`, else `bulk_group_id`; a `Group/{id}` read) or
-the ids of a file (`patient_list_file`, read line by line). Each patient's search is the stream's own
-search plus `patient=<id>`, at most `max_connections` at once, its pages handed on as they come. A patient
+The patients are the ids of a file (`patient_list_file`, read line by line), the matches of a Patient search
+(`patient_search`, page by page), or the members of a Group (`patient_group_id`, else `bulk_group_id`): a
+`Group/{id}` read, or with `patient_group_export` a `Group/{id}/$export` of Patient, file by file.
+
+Each patient's search is the stream's own search plus `patient=<id>`, at most `max_connections` at once,
+its pages handed on as they come. A patient
 the stream has crawled before is searched from the stream's watermark (with the overlap); a new one (not in
 `patient_crawl` yet) in full, and so is every patient of a server without `_lastUpdated` (Epic): a date
 parameter does not move when a resource changes. A patient who left the group is not searched again; what
@@ -18,21 +21,28 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from connector.config import EndpointSettings
 from connector.errors import ConfigError, FatalFhirError
+from connector.fhir.bulk import BulkExport
 from connector.fhir.client import FhirClient
+from connector.fhir.ndjson import NdjsonSource
 from connector.fhir.page import Page
+from connector.fhir.paging import entries_of
 from connector.progress import sink
 from connector.streams import Plan
 from connector.sync.pipeline import search_params
+from connector.sync.windows import server_count
 from connector.warehouse.engine import begin_write, insert_for
 from connector.warehouse.models.crawl import PatientCrawl as _CrawlRow
 from mappings.fhir_ids import ID_PATTERN
@@ -84,6 +94,11 @@ def _file_ids(endpoint: EndpointSettings) -> Iterator[str]:
         raise ConfigError(f"patient_list_file {path}: cannot read: {exc.strerror}") from None
 
 
+async def _as_async(ids: Iterator[str]) -> AsyncIterator[str]:
+    for patient in ids:
+        yield patient
+
+
 def group_members(group: dict[str, Any]) -> list[str]:
     """The ids of a Group's active Patient members."""
     ids = []
@@ -110,24 +125,67 @@ class PatientCrawl:
     new: list[str] = field(default_factory=list)
     done: int = 0
 
-    async def patients(self) -> tuple[Iterator[str], int]:
-        """The patients to search, and how many there are (a file is counted first, then read again)."""
+    async def patients(self) -> tuple[AsyncIterator[str], int | None]:
+        """The patients to search, streamed, and how many there are when that is known up front (a
+        file is counted first and read again; a search says its Bundle.total, if the server gives one)."""
         endpoint = self.endpoint
         if endpoint.patient_list_file is not None:
             count = await asyncio.to_thread(lambda: sum(1 for _ in _file_ids(endpoint)))
-            return _file_ids(endpoint), count
+            return _as_async(_file_ids(endpoint)), count
+        if endpoint.patient_search is not None:
+            return self._searched_patients(), await self._search_total()
         group_id = endpoint.crawl_group_id
+        if group_id is not None and endpoint.patient_group_export:
+            return self._exported_patients(group_id), None
         if group_id is None:
             raise ConfigError(
                 f"{endpoint.name}: {endpoint.vendor.title} searches {self.plan.resource_type} only per "
-                "patient: set `patient_group_id` (or `bulk_group_id`) or `patient_list_file`"
+                "patient: set `patient_group_id` (or `bulk_group_id`), `patient_search` or "
+                "`patient_list_file`"
             )
         response = await self.client.request("GET", f"Group/{group_id}")
         group = response.json()
         if not isinstance(group, dict) or group.get("resourceType") != "Group":
             raise FatalFhirError(f"GET Group/{group_id} did not return a Group")
         members = group_members(group)
-        return iter(members), len(members)
+        return _as_async(iter(members)), len(members)
+
+    def _patient_query(self) -> list[tuple[str, str]]:
+        query = self.endpoint.patient_search or ""
+        return [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "_count"]
+
+    async def _search_total(self) -> int | None:
+        return await server_count(self.client, "Patient", self._patient_query())
+
+    async def _exported_patients(self, group_id: str) -> AsyncIterator[str]:
+        """The ids of a `Group/{id}/$export` of Patient, file by file (for groups too big to read whole)."""
+        export = BulkExport(self.client)
+        status_url = await export.kick_off(["Patient"], path=f"Group/{group_id}/$export")
+        try:
+            manifest = await export.wait_for_manifest(status_url, started_at=datetime.now(UTC))
+            export.vet_manifest(manifest)
+            with tempfile.TemporaryDirectory(prefix="connector-patients-") as tmp:
+                for file in manifest.files_for("Patient"):
+                    path = await export.download(
+                        file, Path(tmp), requires_token=manifest.requires_access_token
+                    )
+                    async for page in NdjsonSource(Path(tmp), self.endpoint.page_size).pages("Patient"):
+                        for resource in page.resources:
+                            match = _ID.match(str(resource.get("id", "")))
+                            if match is not None:
+                                yield match.group(1)
+                    path.unlink()
+        finally:
+            await export.cancel(status_url)
+
+    async def _searched_patients(self) -> AsyncIterator[str]:
+        """The ids of a Patient search's matches, page by page (memory stays one page)."""
+        params = [*self._patient_query(), ("_elements", "id")]
+        async for page in self.client.search("Patient", params):
+            for resource in entries_of(page).resources:
+                match = _ID.match(str(resource.get("id", "")))
+                if resource.get("resourceType") == "Patient" and match is not None:
+                    yield match.group(1)
 
     def _params(self, patient: str, known: set[str]) -> list[tuple[str, str]]:
         # Only `_lastUpdated` says what changed: a date parameter (Epic's `authored`) does not move when
@@ -142,11 +200,20 @@ class PatientCrawl:
         rt = self.plan.resource_type
         known = await asyncio.to_thread(crawled_patients, self.engine, self.endpoint.name, rt)
         ids, total = await self.patients()
-        queue: asyncio.Queue[Page | BaseException | None] = asyncio.Queue(self.endpoint.max_connections * 2)
+        workers = self.endpoint.max_connections
+        queue: asyncio.Queue[Page | BaseException | None] = asyncio.Queue(workers * 2)
+        # Patients wait in a bounded queue too: a list of 100,000 is read as the crawl goes.
+        waiting: asyncio.Queue[str | None] = asyncio.Queue(workers * 4)
         progress = sink()
 
+        async def feed() -> None:
+            async for patient in ids:
+                await waiting.put(patient)
+            for _ in range(workers):
+                await waiting.put(None)
+
         async def worker() -> None:
-            for patient in ids:  # one shared iterator: each patient goes to one worker
+            while (patient := await waiting.get()) is not None:
                 async for page in self.client.search(rt, self._params(patient, known)):
                     await queue.put(page)
                 if patient not in known:
@@ -158,13 +225,16 @@ class PatientCrawl:
             try:
                 # A TaskGroup: the first failure cancels the other searches.
                 async with asyncio.TaskGroup() as group:
-                    for _ in range(self.endpoint.max_connections):
+                    group.create_task(feed())
+                    for _ in range(workers):
                         group.create_task(worker())
             except asyncio.CancelledError:
                 raise
             except BaseExceptionGroup as failed:  # handed to the reader, which raises it after the pages
                 await queue.put(failed.exceptions[0])
             else:
+                if total is None:  # now it is known
+                    progress.patients_done(self.endpoint.name, rt, self.done, self.done)
                 await queue.put(None)
 
         runner = asyncio.create_task(run())

@@ -91,10 +91,13 @@ async def _first_last_updated(client: FhirClient, resource_type: str, sort: str)
     return None
 
 
-async def server_count(client: FhirClient, resource_type: str) -> int | None:
-    """The server's count of the stream, or None when it cannot say (`_summary=count` is optional)."""
+async def server_count(
+    client: FhirClient, resource_type: str, params: Sequence[tuple[str, str]] = ()
+) -> int | None:
+    """The server's count of the type (of the search `params`), or None when it cannot say (`_summary=count`
+    is optional)."""
     try:
-        response = await client.request("GET", resource_type, params=[("_summary", "count")])
+        response = await client.request("GET", resource_type, params=[*params, ("_summary", "count")])
         total = response.json().get("total")
     except (FhirError, ValueError, AttributeError):
         return None
