@@ -49,7 +49,12 @@ def _watch(server: object, files: ServerFiles, idle_seconds: float, poll: float)
     last_used = time.monotonic()
     while not getattr(server, "should_exit", False):
         time.sleep(poll)
-        last_used, held = idle_for(files, last_used)
+        try:
+            last_used, held = idle_for(files, last_used)
+        except OSError:
+            # Its folder is gone (PREFECT_HOME removed): no client can find this server any more.
+            server.should_exit = True  # type: ignore[attr-defined]
+            return
         if held is None:
             continue
         if time.monotonic() - last_used >= idle_seconds:

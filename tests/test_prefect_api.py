@@ -162,3 +162,17 @@ def test_processes_started_at_once_share_one_server_which_stops_when_idle(tmp_pa
     assert _wait_until(lambda: not _servers_under(home), timeout=120)
     assert read_state(ServerFiles(home / "connector-server")) is None
     assert not stop_shared_server(home)
+
+
+def test_a_server_whose_folder_is_removed_stops(tmp_path: Path) -> None:
+    home = tmp_path / "prefect"
+    (client,) = _clients(home, 1, idle=300.0)  # a long idle time: only the missing folder stops it
+    try:
+        assert client.stdout.readline().startswith("http://127.0.0.1:")  # type: ignore[union-attr]
+    finally:
+        client.communicate("")
+    assert len(_servers_under(home)) == 1
+    import shutil
+
+    shutil.rmtree(home / "connector-server")
+    assert _wait_until(lambda: not _servers_under(home), timeout=120)
