@@ -53,7 +53,7 @@ class Rules:
     prefixes: tuple[str, ...]  # _lastUpdated prefixes taken; () = no _lastUpdated at all
     practice: str | None = None  # athena: the ah-practice every request must carry
     max_count: int | None = None  # a larger _count is clamped silently
-    per_patient: tuple[str, ...] = ("ServiceRequest", "Coverage")  # searched only with `patient`
+    per_patient: tuple[str, ...] = ("ServiceRequest", "Coverage", "Appointment")  # only with `patient`
 
 
 VENDORS = {
@@ -74,6 +74,7 @@ class VendorSimulator:
         self.base, self.rules, self.group = base, rules, patients
         self.referrals: dict[str, dict[str, Any]] = {}
         self.coverages: dict[str, dict[str, Any]] = {}
+        self.visits: dict[str, dict[str, Any]] = {}
         self.log: list[tuple[int, httpx.URL]] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -94,6 +95,7 @@ class VendorSimulator:
                     "resource": [
                         {"type": "ServiceRequest", "searchParam": [{"name": "authored", "type": "date"}]},
                         {"type": "Coverage"},
+                        {"type": "Appointment"},
                         {"type": "Group"},
                     ],
                 }
@@ -130,11 +132,13 @@ class VendorSimulator:
         rtype = path.rsplit("/", 1)[-1]
         if rtype == "Patient":
             return self._patients(request)
-        if rtype not in ("ServiceRequest", "Coverage"):
+        if rtype not in ("ServiceRequest", "Coverage", "Appointment"):
             return httpx.Response(404, json=_outcome("not found"))
         if rtype in self.rules.per_patient and "patient" not in params and "_id" not in params:
             return httpx.Response(400, json=_outcome(f"{rtype} search requires patient or _id"))
-        pool = self.referrals if rtype == "ServiceRequest" else self.coverages
+        pool = {"ServiceRequest": self.referrals, "Coverage": self.coverages, "Appointment": self.visits}[
+            rtype
+        ]
         found = list(pool.values())
         if "patient" in params:
             found = [r for r in found if _patient_of(r) == f"Patient/{params['patient']}"]
@@ -190,8 +194,23 @@ class VendorSimulator:
 
 
 def _patient_of(resource: dict[str, Any]) -> str:
+    if resource["resourceType"] == "Appointment":
+        return str(resource["participant"][0]["actor"]["reference"])
     subject = resource.get("subject") or resource.get("beneficiary") or {}
     return str(subject.get("reference"))
+
+
+def visit(n: int, patient: str, based_on: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Appointment",
+        "id": f"appt{n}",
+        "meta": {"lastUpdated": "2026-09-20T00:00:00Z"},
+        "status": "booked",
+        "start": "2026-10-20T15:00:00Z",
+        "end": "2026-10-20T16:00:00Z",
+        "basedOn": [{"reference": f"ServiceRequest/{based_on}"}],
+        "participant": [{"actor": {"reference": f"Patient/{patient}"}, "status": "accepted"}],
+    }
 
 
 def coverage(n: int, patient: str) -> dict[str, Any]:
@@ -233,10 +252,12 @@ def test_a_per_patient_crawl_loads_everything_then_exactly_what_changed(tmp_path
         for _ in range(3):
             n += 1
             server.referrals[f"sr{n}"] = referral(n, patient, T0 + timedelta(hours=i))
+        server.visits[f"appt{i}"] = visit(i, patient, f"sr{n}")
     config = tmp_path / "connector.toml"
     config.write_text(
         f'[warehouse]\nurl = "sqlite:///{tmp_path}/wh.db"\n'
-        f'[[endpoints]]\nname = "{vendor}"\nbase_url = "{base}"\nresources = ["ServiceRequest", "Coverage"]\n'
+        f'[[endpoints]]\nname = "{vendor}"\nbase_url = "{base}"\n'
+        'resources = ["ServiceRequest", "Coverage", "Appointment"]\n'
         f'profile = "{vendor}"\npatient_group_id = "g1"\nbulk = "never"\npage_size = 500\n'
         + ('practice_id = "195900"\n' if rules.practice else "")
     )
@@ -248,7 +269,7 @@ def test_a_per_patient_crawl_loads_everything_then_exactly_what_changed(tmp_path
             result = runner.invoke(app, ["sync", "--config", str(config), "--json"])
         assert result.exit_code == 0, result.output
         rows = {r["resource_type"]: r for r in orjson.loads(result.stdout)["streams"]}
-        assert rows["Coverage"]["status"] == "succeeded"
+        assert rows["Coverage"]["status"] == rows["Appointment"]["status"] == "succeeded"
         return rows["ServiceRequest"]
 
     first = sync()
@@ -295,10 +316,14 @@ def test_a_per_patient_crawl_loads_everything_then_exactly_what_changed(tmp_path
         )
         crawled = conn.execute(sa.text("SELECT count(*) FROM patient_crawl")).scalar_one()
         coverages = conn.execute(sa.text("SELECT count(*) FROM eligibility")).scalar_one()
+        visits = conn.execute(
+            sa.text("SELECT count(*) FROM visit WHERE referral_ref IS NOT NULL")
+        ).scalar_one()
     engine.dispose()
     assert len(statuses) == 612
     assert [statuses[f"sr{k}"] for k in range(1, 11)] == ["completed"] * 10
     assert coverages == 200
+    assert visits == 200  # each linked to its referral
     # Per-patient streams: each patient once per stream.
     assert crawled == 201 * len(rules.per_patient)
 
@@ -343,7 +368,8 @@ def test_the_patients_come_from_a_group_a_patient_search_or_a_file(tmp_path: Pat
     patients = [f"p{i}" for i in range(1, 31)]
     server = VendorSimulator("https://oracle.test/fhir", VENDORS["oracle"], patients)
     for i, patient in enumerate(patients):
-        server.referrals[f"sr{i}"] = referral(i, patient, T0)
+        for k in range(3):  # three to a page of `_count=2`: Oracle's one page is larger than asked
+            server.referrals[f"sr{i}-{k}"] = referral(i * 3 + k, patient, T0)
     (tmp_path / "patients.txt").write_text(
         "# the practice's patients\n"
         + "\n".join(f"Patient/{p}" if i % 2 else p for i, p in enumerate(patients))
@@ -359,7 +385,7 @@ def test_the_patients_come_from_a_group_a_patient_search_or_a_file(tmp_path: Pat
         f'[warehouse]\nurl = "sqlite:///{tmp_path}/wh.db"\n'
         '[[endpoints]]\nname = "oracle"\nbase_url = "https://oracle.test/fhir"\n'
         'resources = ["ServiceRequest"]\n'
-        f'profile = "oracle"\nbulk = "never"\n{where}\n'
+        f'profile = "oracle"\nbulk = "never"\npage_size = 2\n{where}\n'
     )
     with respx.mock(assert_all_called=False) as mock:
         mock.route(host="127.0.0.1").pass_through()
@@ -370,4 +396,17 @@ def test_the_patients_come_from_a_group_a_patient_search_or_a_file(tmp_path: Pat
     assert "oracle ServiceRequest: patients 30/30" in result.stderr
     searched = sorted(url.params["patient"] for _, url in server.log if url.path.endswith("/ServiceRequest"))
     assert searched == sorted(patients)
+    (row,) = [r for r in _rows(tmp_path) if r[0] == "ServiceRequest"]
+    assert row[1] == 90  # every referral of every patient
     assert [status for status, _ in server.log if status >= 400] == []
+
+
+def _rows(tmp_path: Path) -> list[tuple[str, int]]:
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/wh.db")
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT resource_type, count(*) FROM raw_resource GROUP BY resource_type")
+        )
+        found = [(str(t), int(c)) for t, c in rows]
+    engine.dispose()
+    return found
