@@ -164,7 +164,7 @@ async def sync_stream(job: StreamJob, local: Local | None = None) -> StreamResul
             # After the first run, the overlap before the watermark is mostly resources stored already.
             incremental = watermark_at is not None
             if endpoint.crawls_per_patient(plan.resource_type):
-                crawl = PatientCrawl(client, engine, endpoint, plan, watermark_at)
+                crawl = PatientCrawl(client, engine, endpoint, plan, watermark_at, job.run_id)
                 pages = crawl.pages()
             else:
                 # A page's entries are parsed where it is mapped, once (see `connector.fhir.page`).

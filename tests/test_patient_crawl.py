@@ -17,6 +17,7 @@ import orjson
 import pytest
 import respx
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
 
 from connector.cli import app
@@ -410,3 +411,69 @@ def _rows(tmp_path: Path) -> list[tuple[str, int]]:
         found = [(str(t), int(c)) for t, c in rows]
     engine.dispose()
     return found
+
+
+def test_a_crawl_that_fails_leaves_its_patients_to_be_searched_in_full_again(tmp_path: Path) -> None:
+    patients = [f"p{i}" for i in range(1, 9)]
+    server = VendorSimulator("https://oracle.test/fhir", VENDORS["oracle"], patients)
+    for i, patient in enumerate(patients):
+        server.referrals[f"sr{i}"] = referral(i, patient, T0 + timedelta(hours=i))
+    config = tmp_path / "connector.toml"
+    config.write_text(
+        f'[warehouse]\nurl = "sqlite:///{tmp_path}/wh.db"\n'
+        '[[endpoints]]\nname = "oracle"\nbase_url = "https://oracle.test/fhir"\n'
+        'resources = ["ServiceRequest"]\nprofile = "oracle"\nbulk = "never"\npatient_group_id = "g1"\n'
+        "max_connections = 1\n"
+    )
+    broken = {"p5"}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("patient") in broken:
+            return httpx.Response(403, json=_outcome("not allowed today"))  # fatal: no task retry
+        return server(request)
+
+    def sync() -> int:
+        with respx.mock(assert_all_called=False) as mock:
+            mock.route(host="127.0.0.1").pass_through()
+            mock.route(host="oracle.test").mock(side_effect=answer)
+            return runner.invoke(app, ["sync", "--config", str(config)]).exit_code
+
+    def crawl_rows() -> list[tuple[str, str | None]]:
+        engine = sa.create_engine(f"sqlite:///{tmp_path}/wh.db")
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT patient_id, pending_run FROM patient_crawl ORDER BY patient_id")
+            )
+            found = [(str(p), r) for p, r in rows]
+        engine.dispose()
+        return found
+
+    assert sync() == 1  # p5's search fails: the stream fails, its watermark does not move
+    # No patient counts as crawled after a failed run (written down as pending at most).
+    assert all(run is not None for _, run in crawl_rows())
+    broken.clear()
+    server.log.clear()
+    assert sync() == 0
+    searches = [url for _, url in server.log if url.path.endswith("/ServiceRequest")]
+    assert sorted(url.params["patient"] for url in searches) == patients
+    assert all("_lastUpdated" not in url.params for url in searches)  # pending is not crawled: in full
+    assert crawl_rows() == [(p, None) for p in patients]
+
+
+def test_patients_count_as_crawled_only_once_the_run_that_searched_them_succeeds(engine: Engine) -> None:
+    from connector.sync.crawl import confirm_run, known_patients, record_pending
+
+    def known() -> set[str]:
+        return known_patients(engine, "emr", "ServiceRequest", ["p1", "p2", "p3"])
+
+    record_pending(engine, "emr", "ServiceRequest", "run-a", ["p1", "p2"])
+    assert known() == set()  # run-a has not succeeded (it may still fail)
+    assert confirm_run(engine, "emr", "ServiceRequest", "run-a") == 2
+    assert known() == {"p1", "p2"}
+    record_pending(engine, "emr", "ServiceRequest", "run-b", ["p2", "p3"])
+    assert known() == {"p1", "p2"}  # a patient crawled in a complete run stays so
+    record_pending(engine, "emr", "ServiceRequest", "run-c", ["p3"])  # run-b failed; run-c takes p3 over
+    assert confirm_run(engine, "emr", "ServiceRequest", "run-b") == 0
+    assert confirm_run(engine, "emr", "ServiceRequest", "run-c") == 1
+    assert known() == {"p1", "p2", "p3"}
+    assert known_patients(engine, "emr", "Coverage", ["p1"]) == set()  # per stream

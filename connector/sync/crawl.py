@@ -23,7 +23,7 @@ import dataclasses
 import re
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,28 +53,58 @@ _ID = re.compile(rf"^(?:Patient/)?({ID_PATTERN})$")
 _CHUNK = 1000
 
 
-def crawled_patients(engine: Engine, endpoint: str, resource_type: str) -> set[str]:
-    """The patients this stream has searched in a complete run."""
+def known_patients(engine: Engine, endpoint: str, resource_type: str, patients: list[str]) -> set[str]:
+    """Which of `patients` the stream has searched in a run that completed."""
     query = sa.select(_CRAWL.c.patient_id).where(
-        _CRAWL.c.endpoint == endpoint, _CRAWL.c.resource_type == resource_type
+        _CRAWL.c.endpoint == endpoint,
+        _CRAWL.c.resource_type == resource_type,
+        _CRAWL.c.patient_id.in_(patients),
+        _CRAWL.c.pending_run.is_(None),
     )
     with engine.connect() as conn:
         return set(conn.execute(query).scalars())
 
 
-def record_crawled(engine: Engine, endpoint: str, resource_type: str, patients: list[str]) -> None:
-    """Mark patients as crawled by the stream (after the run that searched them succeeded)."""
+def record_pending(
+    engine: Engine, endpoint: str, resource_type: str, run_id: str, patients: list[str]
+) -> None:
+    """Note patients searched in full by run `run_id`; they count as crawled once the run succeeds."""
+    if not patients:
+        return
     now = datetime.now(UTC)
-    for start in range(0, len(patients), _CHUNK):
-        rows = [
-            {"endpoint": endpoint, "resource_type": resource_type, "patient_id": p, "crawled_at": now}
-            for p in patients[start : start + _CHUNK]
-        ]
-        with begin_write(engine) as conn:
-            stmt = insert_for(conn, _CRAWL).on_conflict_do_nothing(
-                index_elements=["endpoint", "resource_type", "patient_id"]
+    rows = [
+        {
+            "endpoint": endpoint,
+            "resource_type": resource_type,
+            "patient_id": p,
+            "crawled_at": now,
+            "pending_run": run_id,
+        }
+        for p in patients
+    ]
+    with begin_write(engine) as conn:
+        stmt = insert_for(conn, _CRAWL)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["endpoint", "resource_type", "patient_id"],
+            set_={"pending_run": stmt.excluded.pending_run, "crawled_at": stmt.excluded.crawled_at},
+            where=_CRAWL.c.pending_run.is_not(None),  # a patient crawled in a complete run stays so
+        )
+        conn.execute(stmt, rows)
+
+
+def confirm_run(engine: Engine, endpoint: str, resource_type: str, run_id: str) -> int:
+    """The run succeeded: the patients it searched in full are crawled from now on."""
+    with begin_write(engine) as conn:
+        result = conn.execute(
+            sa.update(_CRAWL)
+            .where(
+                _CRAWL.c.endpoint == endpoint,
+                _CRAWL.c.resource_type == resource_type,
+                _CRAWL.c.pending_run == run_id,
             )
-            conn.execute(stmt, rows)
+            .values(pending_run=None)
+        )
+        return int(result.rowcount or 0)
 
 
 def _file_ids(endpoint: EndpointSettings) -> Iterator[str]:
@@ -115,14 +145,16 @@ def group_members(group: dict[str, Any]) -> list[str]:
 
 @dataclass
 class PatientCrawl:
-    """One run of a per-patient crawl; `new` lists the patients searched for the first time."""
+    """One run of a per-patient crawl of one stream."""
 
     client: FhirClient
     engine: Engine
     endpoint: EndpointSettings
     plan: Plan
     watermark_at: datetime | None
-    new: list[str] = field(default_factory=list)
+    run_id: str
+    #: Patients searched in full (new to the stream), and patients done.
+    new: int = 0
     done: int = 0
 
     async def patients(self) -> tuple[AsyncIterator[str], int | None]:
@@ -187,39 +219,64 @@ class PatientCrawl:
                 if resource.get("resourceType") == "Patient" and match is not None:
                     yield match.group(1)
 
-    def _params(self, patient: str, known: set[str]) -> list[tuple[str, str]]:
+    def _params(self, patient: str, known: bool) -> list[tuple[str, str]]:
         # Only `_lastUpdated` says what changed: a date parameter (Epic's `authored`) does not move when
         # a referral's status does, so without `_lastUpdated` every patient is searched in full (the
         # unchanged resources are skipped before mapping).
-        incremental = patient in known and self.plan.mode == "last-updated"
+        incremental = known and self.plan.mode == "last-updated"
         since = self.watermark_at if incremental else None
         return [*search_params(self.plan, self.endpoint, since), ("patient", patient)]
 
     async def pages(self) -> AsyncIterator[Page]:
-        """Every patient's pages, numbered in the order they arrive."""
-        rt = self.plan.resource_type
-        known = await asyncio.to_thread(crawled_patients, self.engine, self.endpoint.name, rt)
+        """Every patient's pages, numbered in the order they arrive.
+
+        Memory stays flat however many patients there are: the list is read as the crawl goes, whether a
+        patient was crawled before is asked of the warehouse a chunk at a time, and the patients searched
+        in full are written down (pending until the run succeeds) a chunk at a time.
+        """
+        rt, name = self.plan.resource_type, self.endpoint.name
         ids, total = await self.patients()
         workers = self.endpoint.max_connections
         queue: asyncio.Queue[Page | BaseException | None] = asyncio.Queue(workers * 2)
-        # Patients wait in a bounded queue too: a list of 100,000 is read as the crawl goes.
-        waiting: asyncio.Queue[str | None] = asyncio.Queue(workers * 4)
+        waiting: asyncio.Queue[tuple[str, bool] | None] = asyncio.Queue(_CHUNK)
         progress = sink()
+        searched_in_full: list[str] = []
 
         async def feed() -> None:
+            chunk: list[str] = []
+
+            async def hand_on() -> None:
+                known = await asyncio.to_thread(known_patients, self.engine, name, rt, chunk)
+                for patient in chunk:
+                    await waiting.put((patient, patient in known))
+                chunk.clear()
+
             async for patient in ids:
-                await waiting.put(patient)
+                chunk.append(patient)
+                if len(chunk) >= _CHUNK:
+                    await hand_on()
+            await hand_on()
             for _ in range(workers):
                 await waiting.put(None)
 
+        async def note_full(patient: str | None) -> None:
+            if patient is not None:
+                searched_in_full.append(patient)
+            if searched_in_full and (patient is None or len(searched_in_full) >= _CHUNK):
+                batch = list(searched_in_full)
+                searched_in_full.clear()
+                await asyncio.to_thread(record_pending, self.engine, name, rt, self.run_id, batch)
+                self.new += len(batch)
+
         async def worker() -> None:
-            while (patient := await waiting.get()) is not None:
+            while (item := await waiting.get()) is not None:
+                patient, known = item
                 async for page in self.client.search(rt, self._params(patient, known)):
                     await queue.put(page)
-                if patient not in known:
-                    self.new.append(patient)
+                if not known:
+                    await note_full(patient)
                 self.done += 1
-                progress.patients_done(self.endpoint.name, rt, self.done, total)
+                progress.patients_done(name, rt, self.done, total)
 
         async def run() -> None:
             try:
@@ -228,13 +285,14 @@ class PatientCrawl:
                     group.create_task(feed())
                     for _ in range(workers):
                         group.create_task(worker())
+                await note_full(None)
             except asyncio.CancelledError:
                 raise
             except BaseExceptionGroup as failed:  # handed to the reader, which raises it after the pages
                 await queue.put(failed.exceptions[0])
             else:
                 if total is None:  # now it is known
-                    progress.patients_done(self.endpoint.name, rt, self.done, self.done)
+                    progress.patients_done(name, rt, self.done, self.done)
                 await queue.put(None)
 
         runner = asyncio.create_task(run())
@@ -250,8 +308,9 @@ class PatientCrawl:
             await asyncio.gather(runner, return_exceptions=True)
 
     def record(self) -> None:
-        """After the stream succeeded: the new patients are crawled from now on from the watermark."""
-        record_crawled(self.engine, self.endpoint.name, self.plan.resource_type, self.new)
+        """After the stream succeeded: the patients it searched in full are crawled from now on from the
+        watermark."""
+        confirm_run(self.engine, self.endpoint.name, self.plan.resource_type, self.run_id)
 
 
-__all__ = ["PatientCrawl", "crawled_patients", "group_members", "record_crawled"]
+__all__ = ["PatientCrawl", "confirm_run", "group_members", "known_patients", "record_pending"]

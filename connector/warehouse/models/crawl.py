@@ -10,12 +10,15 @@ from connector.warehouse.models.base import Base
 
 
 class PatientCrawl(Base):
-    """One row per endpoint, stream and patient whose search by `patient` has completed once."""
+    """One row per endpoint, stream and patient searched in full by `patient`."""
 
     __tablename__ = "patient_crawl"
 
     endpoint: Mapped[str] = mapped_column(primary_key=True)
     resource_type: Mapped[str] = mapped_column(primary_key=True)
     patient_id: Mapped[str] = mapped_column(primary_key=True)
-    #: When the stream's first complete run with this patient finished.
+    #: When the patient was first searched in full.
     crawled_at: Mapped[datetime]
+    #: The run that searched the patient in full, until it succeeds (then NULL: the patient is crawled
+    #: from the watermark from then on). A failed run leaves it set, so the next one searches them in full.
+    pending_run: Mapped[str | None]

@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("resource_type", sa.String(), nullable=False),
         sa.Column("patient_id", sa.String(), nullable=False),
         sa.Column("crawled_at", _ts(), nullable=False),
+        sa.Column("pending_run", sa.String(), nullable=True),
         sa.PrimaryKeyConstraint("endpoint", "resource_type", "patient_id", name="pk_patient_crawl"),
     )
 
