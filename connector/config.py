@@ -6,6 +6,7 @@ Secrets are `SecretStr`: they never appear in `repr`, logs or error messages.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import os
@@ -190,6 +191,22 @@ class RetrySettings(_Strict):
     retry_after_cap_seconds: float = Field(default=120.0, ge=0)
 
 
+class VisitSettings(_Strict):
+    """Which visits are evaluations where the shipped code map does not say (`[endpoints.visits]`)."""
+
+    #: Codes of evaluation visits: "system|code", or a bare code of any system (e.g. a local "PTEVAL").
+    evaluation_codes: list[str] = Field(default_factory=list)
+    #: Words of a visit type's text or display that mean an evaluation (case-insensitive), e.g. "eval".
+    evaluation_text: list[str] = Field(default_factory=list)
+
+    @field_validator("evaluation_codes", "evaluation_text")
+    @classmethod
+    def _not_blank(cls, value: list[str]) -> list[str]:
+        if any(not v.strip() for v in value):
+            raise ValueError("entries must not be blank")
+        return [v.strip() for v in value]
+
+
 class MappingSettings(_Strict):
     """How this endpoint's resources are mapped (`[endpoints.mapping]`)."""
 
@@ -276,6 +293,7 @@ class EndpointSettings(_Strict):
     retry: RetrySettings = Field(default_factory=RetrySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     mapping: MappingSettings = Field(default_factory=MappingSettings)
+    visits: VisitSettings = Field(default_factory=VisitSettings)
     #: Write a Task acknowledging each new active referral back to the EMR.
     push_acknowledgments: bool = False
     #: Write the practice's metrics as a MeasureReport per period.
@@ -468,8 +486,13 @@ class EndpointSettings(_Strict):
         return [(name, template.format(**values)) for name, template in self.vendor.fixed_params.items()]
 
     def mapping_options(self) -> MappingOptions:
-        """What the mappers of this endpoint are told: its `[mapping]` table and its validation level."""
-        return self.mapping.options(self.validation)
+        """What the mappers of this endpoint are told: its `[mapping]` and `[visits]` tables and its
+        validation level."""
+        return dataclasses.replace(
+            self.mapping.options(self.validation),
+            evaluation_codes=tuple(self.visits.evaluation_codes),
+            evaluation_text=tuple(t.lower() for t in self.visits.evaluation_text),
+        )
 
 
 class WarehouseSettings(_Strict):
@@ -807,6 +830,11 @@ owner = "Organization/practice-1"          # the practice; needed when pushing
 # keep_subscriber_id = false               # true stores Coverage.subscriberId; default keeps a hash only
 [endpoints.mapping.discipline_codes]       # local codes -> PT / OT / SLP / other, on top of the shipped map
 "http://clinic.example.org/codes|PT-EVAL" = "PT"
+
+# Which visits are evaluations where the shipped code map (CPT 97161-97168, 92521-92524, ...) says nothing:
+[endpoints.visits]
+# evaluation_codes = ["http://clinic.example.org/visit-types|PTEVAL", "INITIAL"]   # system|code, or a code
+# evaluation_text = ["eval", "initial visit"]   # words of the visit type's text / display
 
 # Used when the server cannot search by _lastUpdated:
 [endpoints.date_params]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -59,6 +59,19 @@ def code_tokens(concepts: Iterable[dict[str, Any] | None]) -> list[str]:
     return list(tokens)
 
 
+def code_texts(concepts: Iterable[dict[str, Any] | None]) -> list[str]:
+    """The concepts' `text` and their codings' `display`, lower case: what a front desk typed."""
+    texts: dict[str, None] = {}
+    for concept in concepts:
+        if not isinstance(concept, dict):
+            continue
+        values = [concept.get("text"), *((c or {}).get("display") for c in concept.get("coding") or ())]
+        for value in values:
+            if isinstance(value, str) and value.strip():
+                texts.setdefault(value.strip().lower(), None)
+    return list(texts)
+
+
 def discipline_of(tokens: Iterable[str], extra: Mapping[str, str]) -> str:
     """The discipline of the first code that has one (the endpoint's own codes win), else "other".
 
@@ -74,6 +87,22 @@ def discipline_of(tokens: Iterable[str], extra: Mapping[str, str]) -> str:
         elif found is not None:
             return found
     return fallback or "other"
+
+
+def visit_kind_and_source(
+    tokens: Sequence[str], texts: Sequence[str], codes: Sequence[str], words: Sequence[str]
+) -> tuple[str, str | None]:
+    """The visit's kind and the rule that decided it: the shipped code map (`code`), else the endpoint's
+    own evaluation codes or words of the type text (`config`), else `other` with no rule."""
+    kind = visit_kind(tokens)
+    if kind != "other":
+        return kind, "code"
+    wanted = set(codes)
+    if any(token in wanted or token.split("|", 1)[-1] in wanted for token in tokens):
+        return "evaluation", "config"
+    if any(word in text for word in words for text in texts):
+        return "evaluation", "config"
+    return "other", None
 
 
 def visit_kind(tokens: Iterable[str]) -> str:

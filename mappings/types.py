@@ -32,12 +32,24 @@ class MappingOptions:
     #: "strict": the whole resource is validated (fhir.resources R4B); "mapped": only what the mappers
     #: read, plus resourceType, id and meta (see `mappings.validate_mapped`).
     validation: str = "strict"
+    #: The endpoint's own evaluation visits (`[endpoints.visits]`): codes ("system|code", or a bare code
+    #: of any system) and words of the visit's type text (lower case), used where the shipped code map
+    #: does not decide.
+    evaluation_codes: tuple[str, ...] = ()
+    evaluation_text: tuple[str, ...] = ()
 
     def __reduce__(self) -> tuple[Any, ...]:
         # MappingProxyType does not pickle; rebuild from a plain dict.
         return (
             MappingOptions,
-            (dict(self.discipline_codes), self.intake_required, self.keep_subscriber_id, self.validation),
+            (
+                dict(self.discipline_codes),
+                self.intake_required,
+                self.keep_subscriber_id,
+                self.validation,
+                self.evaluation_codes,
+                self.evaluation_text,
+            ),
         )
 
 

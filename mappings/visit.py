@@ -4,7 +4,9 @@ Every Appointment and Encounter with a patient becomes a visit (the first visit 
 from all of them), whether or not it is `basedOn` a ServiceRequest; `referral_ref` is NULL when it is not.
 
 - kind: `evaluation` / `treatment` from the visit's codes (`Appointment.serviceType` and
-  `appointmentType`, `Encounter.type` and `serviceType`) through the shipped code map, else `other`.
+  `appointmentType`, `Encounter.type` and `serviceType`) through the shipped code map (`kind_source`
+  `code`); else `evaluation` when a code or a word of the type's text is one of the endpoint's
+  `[endpoints.visits]` evaluation codes / words (`config`); else `other`.
 - status, normalised over both resources:
   `booked` (Appointment booked; Encounter planned), `fulfilled` (the patient came: Appointment arrived /
   checked-in / fulfilled; Encounter arrived / triaged / in-progress / onleave / finished), `noshow`,
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mappings.discipline import code_tokens, discipline_of, visit_kind
+from mappings.discipline import code_texts, code_tokens, discipline_of, visit_kind_and_source
 from mappings.elements import parse_fhir_datetime, reference, reference_and_type
 from mappings.errors import MappingError
 from mappings.types import MappingOptions
@@ -54,11 +56,16 @@ def _referral_ref(based_on: list[dict[str, Any]] | None) -> str | None:
 def _common(
     status: str | None,
     status_map: dict[str, str],
-    tokens: list[str],
+    concepts: list[Any],
     options: MappingOptions,
 ) -> dict[str, Any]:
+    tokens = code_tokens(concepts)
+    kind, source = visit_kind_and_source(
+        tokens, code_texts(concepts), options.evaluation_codes, options.evaluation_text
+    )
     return {
-        "kind": visit_kind(tokens),
+        "kind": kind,
+        "kind_source": source,
         "discipline": discipline_of(tokens, options.discipline_codes),
         "status": status_map.get(status or "", "other"),
         "fhir_status": status,
@@ -77,11 +84,11 @@ def appointment_columns(resource: dict[str, Any], options: MappingOptions) -> di
             break
     if patient_ref is None:
         raise MappingError("participant: no Patient participant with a reference")
-    tokens = code_tokens([*(resource.get("serviceType") or ()), resource.get("appointmentType")])
+    concepts = [*(resource.get("serviceType") or ()), resource.get("appointmentType")]
     return {
         "referral_ref": _referral_ref(resource.get("basedOn")),
         "patient_ref": patient_ref,
-        **_common(resource.get("status"), _APPOINTMENT_STATUS, tokens, options),
+        **_common(resource.get("status"), _APPOINTMENT_STATUS, concepts, options),
         "start_at": parse_fhir_datetime(resource.get("start"), "start"),
         "booked_at": parse_fhir_datetime(resource.get("created"), "created"),
         "appointment_ref": None,
@@ -94,14 +101,14 @@ def encounter_columns(resource: dict[str, Any], options: MappingOptions) -> dict
     patient_ref, rtype = reference_and_type(subject)
     if rtype != "Patient" or not patient_ref:
         raise MappingError("subject: not a Patient reference")
-    tokens = code_tokens([*(resource.get("type") or ()), resource.get("serviceType")])
+    concepts = [*(resource.get("type") or ()), resource.get("serviceType")]
     period = resource.get("period")
     start = period.get("start") if isinstance(period, dict) else None
     appointments = [ref for ref in (reference(a) for a in resource.get("appointment") or ()) if ref]
     return {
         "referral_ref": _referral_ref(resource.get("basedOn")),
         "patient_ref": patient_ref,
-        **_common(resource.get("status"), _ENCOUNTER_STATUS, tokens, options),
+        **_common(resource.get("status"), _ENCOUNTER_STATUS, concepts, options),
         "start_at": parse_fhir_datetime(start, "period.start"),
         "booked_at": None,
         "appointment_ref": appointments[0] if appointments else None,

@@ -259,7 +259,10 @@ def test_the_init_template_documents_every_key_the_settings_accept() -> None:
         k
         for k in written
         if k in {"warehouse", "endpoints", "runtime"}
-        or (k.count(".") == 1 and k.split(".")[1] in {"mapping", "timeouts", "retry", "auth", "date_params"})
+        or (
+            k.count(".") == 1
+            and k.split(".")[1] in {"mapping", "timeouts", "retry", "auth", "date_params", "visits"}
+        )
     }
     assert written - accepted - tables - {"endpoints.mapping.discipline_codes"} == set(), "unknown keys"
 

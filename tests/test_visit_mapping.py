@@ -31,6 +31,7 @@ VISIT_KEYS = {
     "referral_ref",
     "patient_ref",
     "kind",
+    "kind_source",
     "discipline",
     "status",
     "fhir_status",
@@ -76,6 +77,7 @@ def test_golden_appointment_based_on_a_service_request() -> None:
         "referral_ref": "ServiceRequest/myringotomy",
         "patient_ref": "Patient/example",
         "kind": "other",  # "General Discussion" / FOLLOWUP: no therapy codes
+        "kind_source": None,
         "discipline": "other",
         "status": "booked",
         "fhir_status": "booked",
@@ -137,10 +139,13 @@ def test_no_patient_names_in_visit_rows() -> None:
 
 def test_golden_demo_evaluation_appointment() -> None:
     row = _visit(_example("demo-appt-001", "Appointment-demo.ndjson"))
-    assert {k: row[k] for k in ("referral_ref", "patient_ref", "kind", "discipline", "status")} == {
+    assert {
+        k: row[k] for k in ("referral_ref", "patient_ref", "kind", "kind_source", "discipline", "status")
+    } == {
         "referral_ref": "ServiceRequest/demo-sr-001",
         "patient_ref": "Patient/demo-139",
         "kind": "evaluation",  # CPT 92524 in serviceType
+        "kind_source": "code",
         "discipline": "SLP",
         "status": "fulfilled",
     }
@@ -328,3 +333,67 @@ def test_corpus_counts() -> None:
             outcomes["rejected"] += 1
     # Every official Appointment and Encounter example has a patient: all 3 + 10 map.
     assert outcomes == {"Appointment": 3, "Encounter": 10}
+
+
+# -- the endpoint's own evaluation codes and words ([endpoints.visits]) ------------------------------
+
+
+def _typed(
+    codes: list[tuple[str, str]], text: str | None = None, display: str | None = None
+) -> dict[str, Any]:
+    resource = _example("2docs", "Appointment.ndjson")
+    coding = [{"system": s, "code": c, **({"display": display} if display else {})} for s, c in codes]
+    resource["serviceType"] = [{"coding": coding, **({"text": text} if text else {})}]
+    resource.pop("appointmentType", None)
+    return resource
+
+
+OWN = MappingOptions(
+    evaluation_codes=("http://clinic.example.org/visit|PTEVAL", "INIT"), evaluation_text=("eval",)
+)
+
+
+@pytest.mark.parametrize(
+    ("resource", "kind", "source"),
+    [
+        (_typed([("http://clinic.example.org/visit", "PTEVAL")]), "evaluation", "config"),  # system|code
+        (_typed([("urn:other", "INIT")]), "evaluation", "config"),  # a bare code: any system
+        (_typed([("urn:local", "X1")], text="PT Initial Eval"), "evaluation", "config"),  # a word of the text
+        (_typed([("urn:local", "X2")], display="OT Evaluation"), "evaluation", "config"),  # of a display
+        (_typed([("urn:local", "X3")], text="Follow-up"), "other", None),
+        # The shipped code map decides first: CPT 97140 is a treatment, whatever the text says.
+        (_typed([(CPT, "97140")], text="Re-eval"), "treatment", "code"),
+        (_typed([(CPT, "97161")]), "evaluation", "code"),
+    ],
+)
+def test_the_endpoints_evaluation_codes_and_words_decide_where_the_code_map_does_not(
+    resource: dict[str, Any], kind: str, source: str | None
+) -> None:
+    row = _visit(resource, MapContext("e", CTX.synced_at, OWN))
+    assert (row["kind"], row["kind_source"]) == (kind, source)
+
+
+def test_without_own_codes_a_free_text_visit_is_other() -> None:
+    row = _visit(_typed([("urn:local", "X1")], text="PT Initial Eval"))
+    assert (row["kind"], row["kind_source"]) == ("other", None)
+
+
+def test_visits_config_reaches_the_mapping_options() -> None:
+    from connector.config import parse_settings
+
+    settings = parse_settings(
+        {
+            "endpoints": [
+                {
+                    "name": "e",
+                    "ndjson_dir": "x",
+                    "visits": {"evaluation_codes": ["INIT"], "evaluation_text": ["Initial Eval"]},
+                }
+            ]
+        }
+    )
+    options = settings.endpoints[0].mapping_options()
+    assert (options.evaluation_codes, options.evaluation_text) == (("INIT",), ("initial eval",))
+    import pickle
+
+    assert pickle.loads(pickle.dumps(options)) == options  # noqa: S301 - our own bytes; options cross to workers

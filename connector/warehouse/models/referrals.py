@@ -88,6 +88,9 @@ class Visit(ResourceRow, Base):
     patient_ref: Mapped[str]
     #: evaluation / treatment / other
     kind: Mapped[str]
+    #: Which rule decided `kind`: code (the shipped code map), config (the endpoint's evaluation codes or
+    #: words); NULL when none did.
+    kind_source: Mapped[str | None]
     #: PT / OT / SLP / other, from the visit's codes.
     discipline: Mapped[str]
     #: booked / fulfilled / noshow / cancelled / other
