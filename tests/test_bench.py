@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -15,13 +16,14 @@ from pathlib import Path
 
 import httpx
 import orjson
+import psutil
 import pytest
 import sqlalchemy as sa
 
 from bench import connector_run, floor, naive, report
 from bench.data import TYPES, generate, instant, iter_resources, resource_id
 from bench.harness import Combo, RunRecord, combos, parse_args
-from bench.measure import run_measured
+from bench.measure import run_measured, tree_rss
 from bench.server import ServerHandle, start_server
 from connector.config import EndpointSettings, parse_settings
 from connector.fhir import capabilities
@@ -262,12 +264,28 @@ def test_connector_summary_sums_streams_and_reads_the_flow_seconds() -> None:
     assert connector_run.parse_summary(with_seconds).seconds == 12.5
 
 
-def test_measure_sees_the_peak_of_a_child_process() -> None:
-    code = "import time; b = bytearray(80_000_000); b[::4096] = b'x' * len(b[::4096]); time.sleep(0.3)"
-    measured = run_measured([sys.executable, "-c", code], interval=0.02)
-    assert measured.returncode == 0
-    assert measured.peak_rss_bytes > 80_000_000
-    assert measured.wall_seconds >= 0.3
+def test_tree_rss_sees_the_memory_of_a_child_process() -> None:
+    # The child says when its 80 MB are resident and holds them until told to go: no timing involved.
+    code = (
+        "import sys; b = bytearray(80_000_000); b[::4096] = b'x' * len(b[::4096]); "
+        "print('ready', flush=True); sys.stdin.read()"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"ready\n"
+        assert tree_rss(psutil.Process(child.pid)) > 80_000_000
+    finally:
+        child.communicate(b"")
+    assert child.returncode == 0
+
+
+def test_run_measured_reports_the_childs_exit_output_and_time() -> None:
+    measured = run_measured([sys.executable, "-c", "print('out'); raise SystemExit(3)"], interval=0.02)
+    assert measured.returncode == 3
+    assert measured.stdout == "out\n"
+    assert measured.wall_seconds > 0
+    assert measured.peak_rss_bytes > 0
 
 
 def test_marginal_throughput_startup_and_goals() -> None:

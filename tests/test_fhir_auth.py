@@ -254,7 +254,9 @@ def test_smart_token_is_cached_across_requests() -> None:
 
 def test_smart_concurrent_requests_share_one_token_fetch() -> None:
     async def slow_token(request: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(0.01)  # let the other requests reach the token check meanwhile
+        # Hand the event loop to the other requests (no wall time): they reach the token check meanwhile.
+        for _ in range(20):
+            await asyncio.sleep(0)
         return token_response("access-1")
 
     with respx.mock(assert_all_called=True) as router:

@@ -8,10 +8,10 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from connector.prefect_api import ServerFiles, read_state, shown_url, stop_shared_server
@@ -131,13 +131,16 @@ def _servers_under(home: Path) -> list[str]:
     return [line for line in listing.splitlines() if "connector.prefect_server" in line and str(home) in line]
 
 
-def _wait_until(condition: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(0.2)
-    return False
+def _server_exits(home: Path, timeout: float) -> bool:
+    """Wait (on the processes themselves, not a clock) for the servers under `home` to exit."""
+    listing = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True, check=True)
+    pids = [
+        int(line.split()[0])
+        for line in listing.stdout.splitlines()
+        if "connector.prefect_server" in line and str(home) in line
+    ]
+    _, alive = psutil.wait_procs([psutil.Process(pid) for pid in pids], timeout=timeout)
+    return not alive
 
 
 def test_processes_started_at_once_share_one_server_which_stops_when_idle(tmp_path: Path) -> None:
@@ -159,7 +162,7 @@ def test_processes_started_at_once_share_one_server_which_stops_when_idle(tmp_pa
         for client in clients:
             client.communicate("")
     # Nobody holds it any more: it removes its state file and exits by itself.
-    assert _wait_until(lambda: not _servers_under(home), timeout=120)
+    assert _server_exits(home, timeout=120)
     assert read_state(ServerFiles(home / "connector-server")) is None
     assert not stop_shared_server(home)
 
@@ -175,4 +178,4 @@ def test_a_server_whose_folder_is_removed_stops(tmp_path: Path) -> None:
     import shutil
 
     shutil.rmtree(home / "connector-server")
-    assert _wait_until(lambda: not _servers_under(home), timeout=120)
+    assert _server_exits(home, timeout=120)
