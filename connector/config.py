@@ -381,21 +381,14 @@ class EndpointSettings(_Strict):
         _check_http_url(value)
         return value.rstrip("/")
 
-    @field_validator("ndjson_dir", mode="after")
+    @field_validator("ndjson_dir", "patient_list_file", mode="after")
     @classmethod
-    def _ndjson_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+    def _relative_to_config(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        """A relative path is relative to the config file's folder."""
         if value is None:
             return None
         base = (info.context or {}).get("config_dir")
         if not value.is_absolute() and base is not None:
-            value = Path(base) / value
-        return value
-
-    @field_validator("patient_list_file")
-    @classmethod
-    def _patient_list_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        base = (info.context or {}).get("config_dir")
-        if value is not None and not value.is_absolute() and base is not None:
             value = Path(base) / value
         return value
 

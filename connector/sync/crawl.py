@@ -53,6 +53,12 @@ _ID = re.compile(rf"^(?:Patient/)?({ID_PATTERN})$")
 _CHUNK = 1000
 
 
+def _patient_id(text: object) -> str | None:
+    """The id of `123` or `Patient/123`, or None when it is not one."""
+    match = _ID.match(text) if isinstance(text, str) else None
+    return match.group(1) if match else None
+
+
 def known_patients(engine: Engine, endpoint: str, resource_type: str, patients: list[str]) -> set[str]:
     """Which of `patients` the stream has searched in a run that completed."""
     query = sa.select(_CRAWL.c.patient_id).where(
@@ -116,10 +122,10 @@ def _file_ids(endpoint: EndpointSettings) -> Iterator[str]:
                 text = line.strip()
                 if not text or text.startswith("#"):
                     continue
-                match = _ID.match(text)
-                if match is None:
+                patient = _patient_id(text)
+                if patient is None:
                     raise ConfigError(f"patient_list_file {path.name}:{number}: not a Patient id")
-                yield match.group(1)
+                yield patient
     except OSError as exc:
         raise ConfigError(f"patient_list_file {path}: cannot read: {exc.strerror}") from None
 
@@ -136,10 +142,9 @@ def group_members(group: dict[str, Any]) -> list[str]:
         if not isinstance(member, dict) or member.get("inactive") is True:
             continue
         reference = (member.get("entity") or {}).get("reference")
-        if isinstance(reference, str) and reference.startswith("Patient/"):
-            match = _ID.match(reference)
-            if match is not None:
-                ids.append(match.group(1))
+        patient = _patient_id(reference) if str(reference).startswith("Patient/") else None
+        if patient is not None:
+            ids.append(patient)
     return ids
 
 
@@ -203,9 +208,8 @@ class PatientCrawl:
                     )
                     async for page in NdjsonSource(Path(tmp), self.endpoint.page_size).pages("Patient"):
                         for resource in page.resources:
-                            match = _ID.match(str(resource.get("id", "")))
-                            if match is not None:
-                                yield match.group(1)
+                            if (patient := _patient_id(resource.get("id"))) is not None:
+                                yield patient
                     path.unlink()
         finally:
             await export.cancel(status_url)
@@ -215,9 +219,9 @@ class PatientCrawl:
         params = [*self._patient_query(), ("_elements", "id")]
         async for page in self.client.search("Patient", params):
             for resource in entries_of(page).resources:
-                match = _ID.match(str(resource.get("id", "")))
-                if resource.get("resourceType") == "Patient" and match is not None:
-                    yield match.group(1)
+                patient = _patient_id(resource.get("id"))
+                if resource.get("resourceType") == "Patient" and patient is not None:
+                    yield patient
 
     def _params(self, patient: str, known: bool) -> list[tuple[str, str]]:
         # Only `_lastUpdated` says what changed: a date parameter (Epic's `authored`) does not move when
