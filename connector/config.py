@@ -198,6 +198,12 @@ class VisitSettings(_Strict):
     evaluation_codes: list[str] = Field(default_factory=list)
     #: Words of a visit type's text or display that mean an evaluation (case-insensitive), e.g. "eval".
     evaluation_text: list[str] = Field(default_factory=list)
+    #: After each sync, link visits that are not `basedOn` a referral (patient + discipline + window) and
+    #: take a referral's first attended or booked visit within the window as its evaluation
+    #: (`mappings.visit_links`); false keeps only what the codes say.
+    infer_evaluations: bool = True
+    #: Days after a referral within which its visits are linked to it and its evaluation is looked for.
+    evaluation_window_days: int = Field(default=90, ge=1, le=730)
 
     @field_validator("evaluation_codes", "evaluation_text")
     @classmethod
@@ -828,6 +834,10 @@ owner = "Organization/practice-1"          # the practice; needed when pushing
 [endpoints.visits]
 # evaluation_codes = ["http://clinic.example.org/visit-types|PTEVAL", "INITIAL"]   # system|code, or a code
 # evaluation_text = ["eval", "initial visit"]   # words of the visit type's text / display
+# Where no code says: a visit not basedOn a referral is linked to the patient's latest referral of the same
+# discipline within the window, and a referral's first attended (or booked) visit is its evaluation:
+# infer_evaluations = true
+# evaluation_window_days = 90
 
 # Used when the server cannot search by _lastUpdated:
 [endpoints.date_params]

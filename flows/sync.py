@@ -52,6 +52,7 @@ from connector.sync.receipts import take_receipts
 from connector.sync.windows import Window, window_params
 from connector.warehouse import state
 from connector.warehouse.engine import ensure_schema, make_engine
+from connector.warehouse.visit_links import derive_visit_links
 from flows import artifacts
 from flows.runners import run_tasks
 
@@ -312,6 +313,7 @@ async def sync_endpoint(
         ensure_schema(run.engine)
         async with AsyncExitStack() as stack:
             done = await _sync_streams(config_path, run, wanted, stack)
+            await _derive_visits(run)
             done.failures += await _push(run)
         await artifacts.publish(endpoint.name, [r.as_dict() for r in done.results], done.failures)
     finally:
@@ -386,6 +388,18 @@ def _log_plan(plan: EndpointPlan) -> None:
     for s in plan.searched:
         windows = f", backfill in {len(s.windows)} windows" if s.windows else ""
         logger.info("%s: %s mode (%s)%s", s.plan.resource_type, s.plan.mode, s.plan.reason, windows)
+
+
+async def _derive_visits(run: EndpointRun) -> None:
+    """Visits linked and evaluations inferred for the patients this run wrote (all on a full refresh),
+    before push-back reads them."""
+    visits = run.endpoint.visits
+    if not visits.infer_evaluations:
+        return
+    since = None if run.full_refresh else run.synced_at
+    await asyncio.to_thread(
+        derive_visit_links, run.engine, run.endpoint.name, since, visits.evaluation_window_days
+    )
 
 
 async def _push(run: EndpointRun) -> list[str]:

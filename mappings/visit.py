@@ -6,7 +6,9 @@ from all of them), whether or not it is `basedOn` a ServiceRequest; `referral_re
 - kind: `evaluation` / `treatment` from the visit's codes (`Appointment.serviceType` and
   `appointmentType`, `Encounter.type` and `serviceType`) through the shipped code map (`kind_source`
   `code`); else `evaluation` when a code or a word of the type's text is one of the endpoint's
-  `[endpoints.visits]` evaluation codes / words (`config`); else `other`.
+  `[endpoints.visits]` evaluation codes / words (`config`); else `other`, until the sync's inference
+  (`mappings.visit_links`) links visits that are not `basedOn` a referral and tells a referral's
+  evaluation from its treatment visits (`inferred`).
 - status, normalised over both resources:
   `booked` (Appointment booked; Encounter planned), `fulfilled` (the patient came: Appointment arrived /
   checked-in / fulfilled; Encounter arrived / triaged / in-progress / onleave / finished), `noshow`,
@@ -53,6 +55,11 @@ def _referral_ref(based_on: list[dict[str, Any]] | None) -> str | None:
     return None
 
 
+def _referral(based_on: list[dict[str, Any]] | None) -> dict[str, Any]:
+    ref = _referral_ref(based_on)
+    return {"referral_ref": ref, "referral_link": "basedOn" if ref else None}
+
+
 def _common(
     status: str | None,
     status_map: dict[str, str],
@@ -86,7 +93,7 @@ def appointment_columns(resource: dict[str, Any], options: MappingOptions) -> di
         raise MappingError("participant: no Patient participant with a reference")
     concepts = [*(resource.get("serviceType") or ()), resource.get("appointmentType")]
     return {
-        "referral_ref": _referral_ref(resource.get("basedOn")),
+        **_referral(resource.get("basedOn")),
         "patient_ref": patient_ref,
         **_common(resource.get("status"), _APPOINTMENT_STATUS, concepts, options),
         "start_at": parse_fhir_datetime(resource.get("start"), "start"),
@@ -106,7 +113,7 @@ def encounter_columns(resource: dict[str, Any], options: MappingOptions) -> dict
     start = period.get("start") if isinstance(period, dict) else None
     appointments = [ref for ref in (reference(a) for a in resource.get("appointment") or ()) if ref]
     return {
-        "referral_ref": _referral_ref(resource.get("basedOn")),
+        **_referral(resource.get("basedOn")),
         "patient_ref": patient_ref,
         **_common(resource.get("status"), _ENCOUNTER_STATUS, concepts, options),
         "start_at": parse_fhir_datetime(start, "period.start"),

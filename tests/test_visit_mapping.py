@@ -29,6 +29,7 @@ VISIT_KEYS = {
     "last_updated",
     "content_hash",
     "referral_ref",
+    "referral_link",
     "patient_ref",
     "kind",
     "kind_source",
@@ -75,6 +76,7 @@ def test_golden_appointment_based_on_a_service_request() -> None:
         "last_updated": None,
         "content_hash": content_hash(resource),
         "referral_ref": "ServiceRequest/myringotomy",
+        "referral_link": "basedOn",
         "patient_ref": "Patient/example",
         "kind": "other",  # "General Discussion" / FOLLOWUP: no therapy codes
         "kind_source": None,

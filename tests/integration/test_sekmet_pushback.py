@@ -70,6 +70,10 @@ def write_config(folder: Path, base_url: str) -> Path:
         'metrics_period = "month"\n'
         # SLP referrals are acknowledged as rejected (Task.statusReason).
         'offered_disciplines = ["PT", "OT"]\n'
+        # Tasks move only for the coded evaluation this module books. With inference (the default) each
+        # generated referral's first uncoded appointment would be its evaluation and move its Task on the
+        # first sync: that rule has its own tests (tests/test_visit_inference.py).
+        "[endpoints.visits]\ninfer_evaluations = false\n"
         '[endpoints.auth]\ntype = "none"\n',
         encoding="utf-8",
     )

@@ -83,13 +83,16 @@ class Visit(ResourceRow, Base):
         sa.Index(None, "start_at"),
     )
 
-    #: "ServiceRequest/<id>" of the first basedOn ServiceRequest, or NULL.
+    #: "ServiceRequest/<id>": the first basedOn ServiceRequest, else the referral inferred by
+    #: `mappings.visit_links` (patient + discipline + window); NULL when neither.
     referral_ref: Mapped[str | None]
+    #: How `referral_ref` was found: basedOn, inferred; NULL without a referral.
+    referral_link: Mapped[str | None]
     patient_ref: Mapped[str]
     #: evaluation / treatment / other
     kind: Mapped[str]
     #: Which rule decided `kind`: code (the shipped code map), config (the endpoint's evaluation codes or
-    #: words); NULL when none did.
+    #: words), inferred (the first visit after the referral; `mappings.visit_links`); NULL when none did.
     kind_source: Mapped[str | None]
     #: PT / OT / SLP / other, from the visit's codes.
     discipline: Mapped[str]
