@@ -52,7 +52,7 @@ from connector.sync.receipts import take_receipts
 from connector.sync.windows import Window, window_params
 from connector.warehouse import state
 from connector.warehouse.engine import ensure_schema, make_engine
-from connector.warehouse.visit_links import derive_visit_links
+from connector.warehouse.visit_links import INPUT_TYPES, derive_visit_links
 from flows import artifacts
 from flows.runners import run_tasks
 
@@ -313,7 +313,7 @@ async def sync_endpoint(
         ensure_schema(run.engine)
         async with AsyncExitStack() as stack:
             done = await _sync_streams(config_path, run, wanted, stack)
-            await _derive_visits(run)
+            await _derive_visits(run, done.results)
             done.failures += await _push(run)
         await artifacts.publish(endpoint.name, [r.as_dict() for r in done.results], done.failures)
     finally:
@@ -390,11 +390,12 @@ def _log_plan(plan: EndpointPlan) -> None:
         logger.info("%s: %s mode (%s)%s", s.plan.resource_type, s.plan.mode, s.plan.reason, windows)
 
 
-async def _derive_visits(run: EndpointRun) -> None:
+async def _derive_visits(run: EndpointRun, results: list[StreamResult]) -> None:
     """Visits linked and evaluations inferred for the patients this run wrote (all on a full refresh),
-    before push-back reads them."""
+    before push-back reads them; nothing to do (and no table scan) when no referral or visit was loaded."""
     visits = run.endpoint.visits
-    if not visits.infer_evaluations:
+    loaded = any(r.loaded for r in results if r.resource_type in INPUT_TYPES)
+    if not visits.infer_evaluations or not (loaded or run.full_refresh):
         return
     since = None if run.full_refresh else run.synced_at
     await asyncio.to_thread(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 
 #: Visit statuses that make an inferred evaluation, in order of preference.
@@ -60,6 +60,10 @@ class VisitFacts:
     def key(self) -> str:
         return f"{self.resource_type}/{self.resource_id}"
 
+    @property
+    def stored(self) -> VisitLink:
+        return VisitLink(self.referral_ref, self.referral_link, self.kind, self.kind_source)
+
 
 @dataclass(frozen=True, slots=True)
 class VisitLink:
@@ -73,18 +77,21 @@ class VisitLink:
 
 def _mapped(visit: VisitFacts) -> VisitLink:
     """The visit as its mapper wrote it: inferred values undone."""
-    if visit.referral_link == "inferred":
-        ref, link = None, None
-    else:
-        ref, link = visit.referral_ref, ("basedOn" if visit.referral_ref else None)
-    if visit.kind_source == "inferred":
-        return VisitLink(ref, link, "other", None)
-    return VisitLink(ref, link, visit.kind, visit.kind_source)
+    link = visit.stored
+    if link.referral_link == "inferred":
+        link = replace(link, referral_ref=None, referral_link=None)
+    if link.kind_source == "inferred":
+        link = replace(link, kind="other", kind_source=None)
+    return link
+
+
+def _start(visit: VisitFacts) -> datetime:
+    assert visit.start_at is not None
+    return visit.start_at
 
 
 def _day(visit: VisitFacts) -> date:
-    assert visit.start_at is not None
-    return visit.start_at.date()
+    return _start(visit).date()
 
 
 def _disciplines_match(a: str, b: str) -> bool:
@@ -113,9 +120,8 @@ def _infer_kinds(
     window: timedelta,
 ) -> None:
     """Evaluation / treatment for one referral's visits whose kind no code decided (in `decided`)."""
-    timed = sorted((v for v in visits if v.start_at is not None), key=lambda v: (str(v.start_at), v.key))
-    coded = [v for v in timed if decided[v.key].kind == "evaluation"]
-    evaluation = coded[0] if coded else None
+    timed = sorted((v for v in visits if v.start_at is not None), key=lambda v: (_start(v), v.key))
+    evaluation = next((v for v in timed if decided[v.key].kind == "evaluation"), None)
     if evaluation is None:
         open_ = [
             v
@@ -126,21 +132,17 @@ def _infer_kinds(
         for statuses in _EVALUATION_STATUSES:
             evaluation = next((v for v in open_ if v.status in statuses), None)
             if evaluation is not None:
-                link = decided[evaluation.key]
-                decided[evaluation.key] = VisitLink(
-                    link.referral_ref, link.referral_link, "evaluation", "inferred"
-                )
+                _infer(decided, evaluation, "evaluation")
                 break
     if evaluation is None:
         return
-    after = False
-    for v in timed:
-        if v is evaluation:
-            after = True
-            continue
-        link = decided[v.key]
-        if after and link.kind_source is None:
-            decided[v.key] = VisitLink(link.referral_ref, link.referral_link, "treatment", "inferred")
+    for v in timed[timed.index(evaluation) + 1 :]:
+        if decided[v.key].kind_source is None:
+            _infer(decided, v, "treatment")
+
+
+def _infer(decided: dict[str, VisitLink], visit: VisitFacts, kind: str) -> None:
+    decided[visit.key] = replace(decided[visit.key], kind=kind, kind_source="inferred")
 
 
 def link_visits(
@@ -164,7 +166,7 @@ def link_visits(
         if link.referral_ref is None and v.start_at is not None:
             found = _link(v, by_patient.get(v.patient_ref, []), window)
             if found is not None:
-                link = decided[v.key] = VisitLink(found.ref, "inferred", link.kind, link.kind_source)
+                link = decided[v.key] = replace(link, referral_ref=found.ref, referral_link="inferred")
         if link.referral_ref is not None:
             groups[link.referral_ref].append(v)
     for ref, members in groups.items():

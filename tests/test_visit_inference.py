@@ -134,7 +134,7 @@ def test_a_later_referral_takes_the_visits_after_it(engine: Engine) -> None:
     assert got["a4"][0] == "ServiceRequest/r2"  # other patients are not touched
 
 
-def test_a_window_of_zero_patience_links_only_same_day_visits(engine: Engine) -> None:
+def test_the_window_bounds_the_link(engine: Engine) -> None:
     load(engine, [referral("r1", "p1", "2026-03-02T09:00:00Z"), *PRACTICE[6:8]])
     derive_visit_links(engine, EP, window_days=2)
     got = visits(engine)

@@ -17,17 +17,20 @@ from sqlalchemy.engine import Engine
 
 from connector.warehouse.engine import begin_write
 from connector.warehouse.models.referrals import Referral, Visit
-from mappings.visit_links import DEFAULT_WINDOW_DAYS, ReferralFacts, VisitFacts, VisitLink, link_visits
+from mappings.specs import SPECS
+from mappings.visit_links import DEFAULT_WINDOW_DAYS, ReferralFacts, VisitFacts, link_visits
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 500
 _referral: Any = Referral.__table__
 _visit: Any = Visit.__table__
+#: The resource types whose rows the inference reads: a run that loaded none of them changes nothing.
+INPUT_TYPES = frozenset(s.resource_type for s in SPECS if {"referral", "visit"} & set(s.tables))
 
 
 def _touched(table: Any, endpoint: str, since: datetime | None) -> sa.Select[Any]:
-    query = sa.select(table.c.patient_ref.label("patient_ref")).where(
+    query = sa.select(table.c.patient_ref).where(
         table.c.endpoint == endpoint, table.c.patient_ref.is_not(None)
     )
     return query.where(table.c.loaded_at >= since) if since is not None else query
@@ -133,7 +136,7 @@ def _derive(conn: sa.Connection, endpoint: str, since: datetime | None, window_d
                 "b_source": new.kind_source,
             }
             for v in visits
-            if (new := decided[v.key]) != VisitLink(v.referral_ref, v.referral_link, v.kind, v.kind_source)
+            if (new := decided[v.key]) != v.stored
         ]
         if rows:
             conn.execute(update, rows)
