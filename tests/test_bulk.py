@@ -40,13 +40,13 @@ T0 = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
 
 
 class FakeTime:
-    """A clock that only moves when the code under test sleeps; records every sleep."""
+    """A clock that only moves when the code under test waits; records every wait (`sleeps`)."""
 
     def __init__(self, start: datetime = T0) -> None:
         self.now = start
         self.sleeps: list[float] = []
 
-    async def sleep(self, seconds: float) -> None:
+    async def wait(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += timedelta(seconds=seconds)
 
@@ -75,9 +75,9 @@ def run_export(
     fake = fake or FakeTime()
 
     async def go() -> Any:
-        async with FhirClient(ep, sleep=fake.sleep) as fhir:
+        async with FhirClient(ep, sleep=fake.wait) as fhir:
             report = statuses.append if statuses is not None else None
-            export = BulkExport(fhir, sleep=fake.sleep, now=fake.clock, on_status=report)
+            export = BulkExport(fhir, sleep=fake.wait, now=fake.clock, on_status=report)
             return await action(export)
 
     return asyncio.run(go())
@@ -297,6 +297,13 @@ def test_file_key_never_stores_a_signed_query_string() -> None:
     assert ExportFile("Coverage", f"{BASE}/f/1.ndjson").key == f"{BASE}/f/1.ndjson"
 
 
+def vetting_url(url: str) -> Callable[[BulkExport], Awaitable[bool]]:
+    async def vet(ex: BulkExport) -> bool:
+        return ex.vet_url(url, what="f")
+
+    return vet
+
+
 def test_output_url_on_another_host_is_refused_unless_allowed() -> None:
     parsed = parse_manifest(
         orjson.dumps(manifest([{"type": "Coverage", "url": "https://storage.test/x/1.ndjson"}])),
@@ -312,7 +319,7 @@ def test_output_url_on_another_host_is_refused_unless_allowed() -> None:
     assert (
         run_export(
             endpoint(bulk_allowed_hosts=["storage.test"]),
-            lambda ex: asyncio.sleep(0, ex.vet_url("https://storage.test/x/1.ndjson", what="f")),
+            vetting_url("https://storage.test/x/1.ndjson"),
         )
         is False
     )
@@ -320,7 +327,7 @@ def test_output_url_on_another_host_is_refused_unless_allowed() -> None:
     with respx.mock(), pytest.raises(BulkUrlRefused):
         run_export(
             endpoint(bulk_allowed_hosts=["storage.test"]),
-            lambda ex: asyncio.sleep(0, ex.vet_url("http://storage.test/x/1.ndjson", what="f")),
+            vetting_url("http://storage.test/x/1.ndjson"),
         )
 
 

@@ -59,7 +59,7 @@ def run(
             run_id=run_id,
             synced_at=SYNCED_AT,
             capability=capability,
-            sleep=fake.sleep,
+            sleep=fake.wait,
             now=fake.clock,
         )
     )

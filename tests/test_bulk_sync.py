@@ -72,7 +72,7 @@ def run(
             resource_types=list(types or ep.resources),
             run_id="run-1",
             synced_at=SYNCED_AT,
-            sleep=fake.sleep,
+            sleep=fake.wait,
             now=fake.clock,
         )
     )

@@ -26,7 +26,7 @@ TOKEN_URL = "https://emr.example.org/oauth2/token"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
-async def no_sleep(_: float) -> None:
+async def no_wait(_: float) -> None:
     return None
 
 
@@ -68,7 +68,7 @@ def form(request: httpx.Request) -> dict[str, str]:
 
 def get_many(settings: EndpointSettings, count: int = 1, *, concurrent: bool = False) -> list[httpx.Response]:
     async def run() -> list[httpx.Response]:
-        async with FhirClient(settings, sleep=no_sleep) as client:
+        async with FhirClient(settings, sleep=no_wait) as client:
             if concurrent:
                 return list(
                     await asyncio.gather(*(client.request("GET", "Coverage/c1") for _ in range(count)))
@@ -252,13 +252,25 @@ def test_smart_token_is_cached_across_requests() -> None:
     assert {c.request.headers["Authorization"] for c in fhir.calls} == {"Bearer access-1"}
 
 
-def test_smart_concurrent_requests_share_one_token_fetch() -> None:
+def test_smart_concurrent_requests_share_one_token_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The token answer waits until every request has asked whether the token is fresh: 5 asks before the
+    # lock, and the first request's second ask inside it. The 30 s only turns a hang into a failure.
+    checks = 0
+    asked = asyncio.Event()  # bound to get_many's loop when first awaited
+    is_fresh = SmartBackendAuth._token_is_fresh
+
+    def counted(self: SmartBackendAuth) -> bool:
+        nonlocal checks
+        checks += 1
+        if checks >= 6:
+            asked.set()
+        return is_fresh(self)
+
     async def slow_token(request: httpx.Request) -> httpx.Response:
-        # Hand the event loop to the other requests (no wall time): they reach the token check meanwhile.
-        for _ in range(20):
-            await asyncio.sleep(0)
+        await asyncio.wait_for(asked.wait(), timeout=30)
         return token_response("access-1")
 
+    monkeypatch.setattr(SmartBackendAuth, "_token_is_fresh", counted)
     with respx.mock(assert_all_called=True) as router:
         token = router.post(TOKEN_URL).mock(side_effect=slow_token)
         fhir = router.get(BASE + "/Coverage/c1").respond(json={})

@@ -262,19 +262,47 @@ def test_build_task_runner_per_setting() -> None:
 def test_run_bounded_keeps_to_the_limit_and_the_job_order() -> None:
     from flows.runners import run_bounded
 
-    running = [0, 0]  # now, most at once
+    jobs = list(range(7))
+    running: set[int] = set()
+    released: set[int] = set()
+    most = 0
 
-    async def run(job: int) -> Any:
-        running[0] += 1
-        running[1] = max(running)
-        for _ in range(job % 3 + 1):  # finish out of order
-            await asyncio.sleep(0)
-        running[0] -= 1
-        return f"state {job}"
+    async def main() -> list[Any]:
+        changed = asyncio.Condition()
+        go = {job: asyncio.Event() for job in jobs}
 
-    states = asyncio.run(run_bounded(list(range(7)), 3, run))
-    assert states == [f"state {job}" for job in range(7)]
-    assert running == [0, 3]
+        async def run(job: int) -> Any:
+            nonlocal most
+            async with changed:
+                running.add(job)
+                most = max(most, len(running))
+                changed.notify_all()
+            await go[job].wait()
+            async with changed:
+                running.discard(job)
+                changed.notify_all()
+            return f"state {job}"
+
+        async def finish_newest_first() -> None:
+            # Each time as many jobs run as the limit allows, let the newest one finish: out of order.
+            while len(released) < len(jobs):
+                async with changed:
+                    await changed.wait_for(
+                        lambda: len(running - released) == min(3, len(jobs) - len(released))
+                    )
+                    newest = max(running - released)
+                released.add(newest)
+                go[newest].set()
+
+        # The 60 s only turns a hang (fewer jobs started than the limit) into a failure.
+        states, _ = await asyncio.wait_for(
+            asyncio.gather(run_bounded(jobs, 3, run), finish_newest_first()), timeout=60
+        )
+        return list(states)
+
+    states = asyncio.run(main())
+    assert states == [f"state {job}" for job in jobs]
+    assert (most, running) == (3, set())
 
 
 def test_stream_failure_and_jobs_cross_process_boundaries() -> None:

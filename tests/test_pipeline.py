@@ -59,13 +59,13 @@ def bundle(
     return body
 
 
-async def _no_sleep(_: float) -> None:
+async def _no_wait(_: float) -> None:
     return None
 
 
 def run(engine: Engine, ep: EndpointSettings, plan: Plan, params: list[tuple[str, str]]) -> StreamResult:
     async def go() -> StreamResult:
-        async with FhirClient(ep, sleep=_no_sleep) as client:
+        async with FhirClient(ep, sleep=_no_wait) as client:
             return await run_stream(
                 engine=engine,
                 endpoint=ep,

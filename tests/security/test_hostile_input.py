@@ -155,7 +155,7 @@ def _endpoint() -> EndpointSettings:
     return EndpointSettings(name="clinic", base_url=BASE, page_size=50, retry=retry)
 
 
-async def _no_sleep(_: float) -> None:
+async def _no_wait(_: float) -> None:
     return None
 
 
@@ -171,7 +171,7 @@ def _run(engine: Engine, resources: list[Any]) -> StreamResult:
     ep = _endpoint()
 
     async def go() -> StreamResult:
-        async with FhirClient(ep, sleep=_no_sleep) as client:
+        async with FhirClient(ep, sleep=_no_wait) as client:
             return await run_stream(
                 engine=engine,
                 endpoint=ep,
