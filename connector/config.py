@@ -37,6 +37,7 @@ from mappings.fhir_ids import ID_PATTERN
 from mappings.specs import DEFAULT_TYPES, DIRECTORY_TYPES, SPECS, SYNCED_TYPES
 from mappings.types import DEFAULT_INTAKE_ITEMS, MappingOptions
 from mappings.vendors import PROFILE_NAMES, PROFILES, VendorProfile
+from mappings.visit_links import DEFAULT_WINDOW_DAYS
 
 CONFIG_ENV_VAR = "CONNECTOR_CONFIG"
 DEFAULT_CONFIG_FILE = "connector.toml"
@@ -203,7 +204,7 @@ class VisitSettings(_Strict):
     #: (`mappings.visit_links`); false keeps only what the codes say.
     infer_evaluations: bool = True
     #: Days after a referral within which its visits are linked to it and its evaluation is looked for.
-    evaluation_window_days: int = Field(default=90, ge=1, le=730)
+    evaluation_window_days: int = Field(default=DEFAULT_WINDOW_DAYS, ge=1, le=730)
 
     @field_validator("evaluation_codes", "evaluation_text")
     @classmethod
