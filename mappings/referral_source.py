@@ -105,7 +105,19 @@ def _human_name(names: list[dict[str, Any]] | None) -> str | None:
 
 
 def _display(ref: Any) -> str | None:
-    return ref.get("display") if isinstance(ref, dict) and ref.get("display") else None
+    if not isinstance(ref, dict) or not isinstance(ref.get("display"), str):
+        return None
+    return ref["display"].strip() or None
+
+
+def role_name(practitioner: str | None, organization: str | None) -> str | None:
+    """A PractitionerRole's name: "<practitioner> (<organization>)", or whichever of the two is known.
+
+    `v_source_names` builds the same text in SQL from the synced Practitioner and Organization names.
+    """
+    if practitioner and organization:
+        return f"{practitioner} ({organization})"
+    return practitioner or organization
 
 
 def source_columns(resource: dict[str, Any]) -> dict[str, Any]:
@@ -113,6 +125,8 @@ def source_columns(resource: dict[str, Any]) -> dict[str, Any]:
     rtype = resource["resourceType"]
     practitioner_ref: str | None = None
     organization_ref: str | None = None
+    practitioner_display: str | None = None
+    organization_display: str | None = None
     if rtype == "Practitioner":
         qualifications = resource.get("qualification") or ()
         tokens = code_tokens(q.get("code") for q in qualifications if isinstance(q, dict))
@@ -122,7 +136,9 @@ def source_columns(resource: dict[str, Any]) -> dict[str, Any]:
         tokens = code_tokens([*(resource.get("code") or ()), *(resource.get("specialty") or ())])
         practitioner, organization = resource.get("practitioner"), resource.get("organization")
         practitioner_ref, organization_ref = reference(practitioner), reference(organization)
-        name = _display(practitioner) or _display(organization)
+        # The displays are kept apart so `v_source_names` can pair each with the synced name of the other.
+        practitioner_display, organization_display = _display(practitioner), _display(organization)
+        name = role_name(practitioner_display, organization_display)
         default = "physician" if isinstance(practitioner, dict) else "clinic" if organization else "other"
         source_type = source_type_of(tokens) or default
     elif rtype == "Organization":
@@ -139,6 +155,8 @@ def source_columns(resource: dict[str, Any]) -> dict[str, Any]:
         "npi": _npi(resource),
         "practitioner_ref": practitioner_ref,
         "organization_ref": organization_ref,
+        "practitioner_display": practitioner_display,
+        "organization_display": organization_display,
         "type_codes": tokens,
         "active": active if isinstance(active, bool) else None,
     }

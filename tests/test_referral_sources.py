@@ -58,6 +58,8 @@ def test_golden_demo_referring_physician() -> None:
         "npi": "9999000001",
         "practitioner_ref": None,
         "organization_ref": None,
+        "practitioner_display": None,
+        "organization_display": None,
         "type_codes": [],
         "active": True,
     }
@@ -83,6 +85,8 @@ def test_official_practitioner_role() -> None:
     assert row["practitioner_ref"] == "Practitioner/example"
     assert row["organization_ref"] == "Organization/f001"
     assert row["name"] == "Dr Adam Careful"
+    # The Organization reference has no display: the view pairs the display with the synced name.
+    assert (row["practitioner_display"], row["organization_display"]) == ("Dr Adam Careful", None)
     assert row["source_type"] == "physician"  # v2-0286 RP: referring provider
     assert row["type_codes"] == [
         "http://terminology.hl7.org/CodeSystem/v2-0286|RP",

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from connector.errors import ConfigError
 from connector.warehouse.claim_decisions import ADJUDICATED_OUTCOMES, COUNTED_DECISIONS
+from connector.warehouse.names import is_reference, unknown_name
 
 #: Steps of the referral funnel, in order, with the `v_referral_funnel` column that counts each.
 FUNNEL_STEPS: tuple[tuple[str, str], ...] = (
@@ -164,21 +165,28 @@ def _rows(conn: Connection, sql: str, endpoints: Sequence[str] | None) -> list[d
 
 
 def _payer_names(conn: Connection, endpoints: Sequence[str] | None) -> dict[str, str]:
-    """payer_key -> a name people recognise: the payer's display where a view has one, else the name of the
-    Organization the key points at (synced into `referral_source` with the other organizations)."""
+    """payer_key -> a name people recognise: the synced Organization's name (`v_source_names`), else the
+    payer's display where a view has one, else "unknown (Organization/…)" for a reference (see `_named`)."""
     names: dict[str, str] = {}
-    for row in _rows(
-        conn,
-        "SELECT endpoint, source_ref AS payer_key, name AS payer_display FROM referral_source "
-        "WHERE name IS NOT NULL AND resource_type = 'Organization'",
-        endpoints,
-    ):
-        names.setdefault(row["payer_key"], row["payer_display"])
     for view in ("v_payer_mix", "v_authorization_turnaround"):
         for row in _rows(conn, f"SELECT endpoint, payer_key, payer_display FROM {view}", endpoints):
-            if row["payer_display"]:
-                names[row["payer_key"]] = row["payer_display"]
+            if row["payer_display"] and row["payer_key"]:
+                names.setdefault(row["payer_key"], row["payer_display"])
+    for row in _rows(
+        conn, "SELECT endpoint, source_ref, name FROM v_source_names WHERE name IS NOT NULL", endpoints
+    ):
+        names[row["source_ref"]] = row["name"]
     return names
+
+
+def _named(key: str | None, names: Mapping[str, str]) -> str:
+    """A payer's name: from `names`, else the one bucket of its reference's type, else the key itself (an
+    identifier or a display, which are no resource ids); `unknown` without a key."""
+    if not key or key == "unknown":
+        return "unknown"
+    if key in names:
+        return names[key]
+    return (unknown_name(key) or key) if is_reference(key) else key
 
 
 def _weekly(conn: Connection, period: Period, endpoints: Sequence[str] | None) -> dict[str, Any]:
@@ -324,7 +332,7 @@ def _prior_auth(
         decided = [i for i in items if i["decided_at"] is not None]
         by_payer.append(
             {
-                "payer": names.get(key, key),
+                "payer": _named(key, names),
                 "requested": len(items),
                 "decided": len(decided),
                 "approved": sum(i["decision"] in ("approved", "modified", "partial") for i in decided),
@@ -355,7 +363,7 @@ def _prior_auth(
             monthly.append(
                 {
                     "month": month,
-                    "payer": names.get(r["payer_key"], r["payer_key"]),
+                    "payer": _named(r["payer_key"], names),
                     "requested": _int(r["requested"]),
                     "median_days": _num(r["median_turnaround_days"]),
                 }
@@ -406,7 +414,7 @@ def _denials(
     total_lines = sum(adjudicated.values())
     by_payer: list[dict[str, Any]] = [
         {
-            "payer": names.get(key, key),
+            "payer": _named(key, names),
             "adjudicated_lines": adjudicated[key],
             "denied_lines": denied[key],
             "denial_rate": _rate(denied[key], adjudicated[key]),
@@ -436,7 +444,7 @@ def _denials(
             clean[r["payer"]][1] += _int(r["clean_claims"])
     clean_rows: list[dict[str, Any]] = [
         {
-            "payer": names.get(k, k),
+            "payer": _named(k, names),
             "adjudicated_claims": a,
             "clean_claims": c,
             "clean_claim_rate": _rate(c, a),
@@ -514,7 +522,7 @@ def _payer_mix(
         per[r["payer_key"]][1] += _int(r["patients"])
     total = sum(c for c, _ in per.values())
     out: list[dict[str, Any]] = [
-        {"payer": names.get(k, k), "active_coverages": c, "patients": p, "share": _rate(c, total)}
+        {"payer": _named(k, names), "active_coverages": c, "patients": p, "share": _rate(c, total)}
         for k, (c, p) in per.items()
     ]
     out.sort(key=lambda p: (-p["active_coverages"], p["payer"]))

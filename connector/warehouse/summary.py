@@ -10,6 +10,7 @@ from rich.table import Table
 from sqlalchemy.engine import Engine
 
 from connector.warehouse.models import Base
+from connector.warehouse.names import is_reference, unknown_name
 
 #: (title, SQL over the views, column headings). Aggregates only: nothing here names a patient.
 SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -45,8 +46,11 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ),
     (
         "Prior-authorization turnaround",
-        "SELECT month, COALESCE(payer_display, payer_key), requested, decided, median_turnaround_days, "
-        "pending_now FROM v_authorization_turnaround ORDER BY month DESC, requested DESC LIMIT 8",
+        # Named as the report names payers: the synced Organization, else the display the data carries.
+        "SELECT t.month, COALESCE(n.name, t.payer_display, t.payer_key), t.requested, t.decided, "
+        "t.median_turnaround_days, t.pending_now FROM v_authorization_turnaround t "
+        "LEFT JOIN v_source_names n ON n.endpoint = t.endpoint AND n.source_ref = t.payer_key "
+        "ORDER BY t.month DESC, t.requested DESC LIMIT 8",
         ("month", "payer", "requested", "decided", "median days", "pending now"),
     ),
     (
@@ -74,6 +78,9 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.2f}"
+    if isinstance(value, str) and is_reference(value):
+        # A payer or source the warehouse has no name for: its bucket, never the resource id.
+        return unknown_name(value) or value
     return str(value)
 
 

@@ -68,6 +68,10 @@ class ReferralSource(ResourceRow, Base):
     npi: Mapped[str | None]
     practitioner_ref: Mapped[str | None]
     organization_ref: Mapped[str | None]
+    #: A PractitionerRole's `practitioner.display` / `organization.display`: the names `v_source_names`
+    #: falls back on where that Practitioner or Organization is not synced.
+    practitioner_display: Mapped[str | None]
+    organization_display: Mapped[str | None]
     #: "system|code" of the codes the type was read from.
     type_codes: Mapped[list[str]]
     active: Mapped[bool | None]

@@ -45,7 +45,33 @@ def _days(later: str, earlier: str, d: str) -> str:
     return sqlviews.days_between(_day(later, d), _day(earlier, d), d)
 
 
-def _facts(d: str, acknowledgments: bool) -> str:
+def _source_columns(names: bool) -> tuple[str, str]:
+    """(SELECT columns, join) of the referral's source.
+
+    Without `names` (this revision): the `referral_source` row's own name, else the requester's display, else
+    its reference. With `names` (migration 0014, which adds the `v_source_names` view): the resolved name (a
+    PractitionerRole's Practitioner and Organization), else the display; a source with neither is the
+    one bucket "unknown (<Type>/…)" per type with an empty `source_ref`, never a raw reference.
+    """
+    fallback = "CASE WHEN r.source_type = 'self' THEN 'self' ELSE 'unknown' END"
+    if not names:
+        columns = f"""r.source_ref,
+        COALESCE(rs.name, r.requester_display, r.source_ref, {fallback}) AS source,
+        COALESCE(rs.source_type, r.source_type, 'other') AS source_type,"""
+        join = "LEFT JOIN referral_source rs ON rs.endpoint = r.endpoint AND rs.source_ref = r.source_ref"
+        return columns, join
+    from connector.warehouse.names import unknown_name_sql  # only the later revision needs it
+
+    named = "COALESCE(rs.name, r.requester_display)"
+    columns = f"""CASE WHEN {named} IS NOT NULL THEN r.source_ref END AS source_ref,
+        COALESCE({named}, {unknown_name_sql("r.source_ref")}, {fallback}) AS source,
+        CASE WHEN {named} IS NULL AND r.source_ref IS NOT NULL THEN 'unknown'
+            ELSE COALESCE(rs.source_type, r.source_type, 'other') END AS source_type,"""
+    join = "LEFT JOIN v_source_names rs ON rs.endpoint = r.endpoint AND rs.source_ref = r.source_ref"
+    return columns, join
+
+
+def _facts(d: str, acknowledgments: bool, names: bool = False) -> str:
     """WITH clause shared by the views: `facts` has one row per referral with its source and milestones.
 
     - received: `authored_on`, else `last_updated`; entered-in-error referrals are left out.
@@ -64,6 +90,7 @@ def _facts(d: str, acknowledgments: bool) -> str:
     else:
         acknowledged_at = "CAST(NULL AS TEXT)" if d == "sqlite" else "CAST(NULL AS timestamptz)"
         ack_join = ""
+    source_columns, source_join = _source_columns(names)
     return f"""
 WITH ref AS (
     SELECT
@@ -73,12 +100,7 @@ WITH ref AS (
         COALESCE(r.authored_on, r.last_updated) AS received_at,
         COALESCE(r.discipline, 'other') AS discipline,
         CASE WHEN r.intake_complete THEN 1 ELSE 0 END AS intake_complete,
-        r.source_ref,
-        COALESCE(
-            rs.name, r.requester_display, r.source_ref,
-            CASE WHEN r.source_type = 'self' THEN 'self' ELSE 'unknown' END
-        ) AS source,
-        COALESCE(rs.source_type, r.source_type, 'other') AS source_type,
+        {source_columns}
         -- Acknowledgments (push-back) join here: the `acknowledgment` table comes with a later
         -- migration, which redefines the three views with view_sql(acknowledgments=True); that adds
         --   LEFT JOIN acknowledgment ack ON ack.endpoint = r.endpoint AND ack.referral_id = r.resource_id
@@ -86,7 +108,7 @@ WITH ref AS (
         -- of every view follow from this one column.
         {acknowledged_at} AS acknowledged_at
     FROM referral r
-    LEFT JOIN referral_source rs ON rs.endpoint = r.endpoint AND rs.source_ref = r.source_ref
+    {source_join}
     {ack_join}
     WHERE r.status IS NULL OR r.status <> 'entered-in-error'
 ),
@@ -141,8 +163,8 @@ facts AS (
 """
 
 
-def _weekly(d: str, acknowledgments: bool) -> str:
-    return f"""{_facts(d, acknowledgments)}
+def _weekly(d: str, acknowledgments: bool, names: bool) -> str:
+    return f"""{_facts(d, acknowledgments, names)}
 SELECT
     endpoint,
     week,
@@ -170,7 +192,7 @@ _FUNNEL_STEPS = (
 )
 
 
-def _funnel(d: str, acknowledgments: bool) -> str:
+def _funnel(d: str, acknowledgments: bool, names: bool) -> str:
     medians = "".join(f",\n    m{n}.median AS median_days_{step}" for n, step in enumerate(_FUNNEL_STEPS))
     groups = ["endpoint", "month"]
     joins = "".join(
@@ -178,7 +200,7 @@ def _funnel(d: str, acknowledgments: bool) -> str:
         f" m{n} ON m{n}.endpoint = c.endpoint AND m{n}.month = c.month"
         for n, step in enumerate(_FUNNEL_STEPS)
     )
-    return f"""{_facts(d, acknowledgments)}
+    return f"""{_facts(d, acknowledgments, names)}
 SELECT
     c.endpoint,
     c.month,
@@ -201,11 +223,11 @@ FROM (
 """
 
 
-def _sources(d: str, acknowledgments: bool) -> str:
+def _sources(d: str, acknowledgments: bool, names: bool) -> str:
     now = sqlviews.now(d)
     last_90 = sqlviews.shift_days(now, -90, d)
     last_180 = sqlviews.shift_days(now, -180, d)
-    return f"""{_facts(d, acknowledgments)}
+    return f"""{_facts(d, acknowledgments, names)}
 SELECT
     s.endpoint,
     s.source_ref,
@@ -242,15 +264,16 @@ FROM (
 """
 
 
-def view_sql(*, acknowledgments: bool = False) -> dict[str, dict[str, str]]:
+def view_sql(*, acknowledgments: bool = False, names: bool = False) -> dict[str, dict[str, str]]:
     """View name -> dialect -> SELECT.
 
     With `acknowledgments`, the views count acknowledged referrals from the `acknowledgment` table (which
     this revision does not have): for the later migration that redefines them, e.g.
     `importlib.import_module("connector.warehouse.migrations.versions.0002_referral_facts").view_sql(...)`.
+    With `names`, sources are named through `v_source_names` (migration 0014).
     """
     builders = {"v_referrals_weekly": _weekly, "v_referral_funnel": _funnel, "v_referral_sources": _sources}
-    return {name: {d: build(d, acknowledgments) for d in DIALECTS} for name, build in builders.items()}
+    return {name: {d: build(d, acknowledgments, names) for d in DIALECTS} for name, build in builders.items()}
 
 
 def upgrade() -> None:
