@@ -80,6 +80,18 @@ def _focal_coverage(resource: dict[str, Any]) -> str | None:
     return reference(focal[0].get("coverage")) if focal else None
 
 
+def _currency(resource: dict[str, Any], total: Any) -> str | None:
+    """The total's currency, else the first item's (claims without a total still price their lines)."""
+    if isinstance(total, dict) and isinstance(total.get("currency"), str):
+        return str(total["currency"])
+    for item in resource.get("item") or ():
+        for key in ("net", "unitPrice"):
+            money = item.get(key) if isinstance(item, dict) else None
+            if isinstance(money, dict) and isinstance(money.get("currency"), str):
+                return str(money["currency"])
+    return None
+
+
 def map_claim(resource: dict[str, Any], ctx: MapContext) -> MappedRecords:
     """Map a validated Claim of use `claim`; pre-authorizations and predeterminations give {}."""
     if resource.get("use") != "claim":
@@ -152,7 +164,7 @@ def _map(
     claim_row["billable_start"] = parse_fhir_datetime(billable.get("start"), "billablePeriod.start")
     claim_row["billable_end"] = parse_fhir_datetime(billable.get("end"), "billablePeriod.end")
     claim_row["total_amount"] = _money(total) if isinstance(total, dict) else None
-    claim_row["currency"] = total.get("currency") if isinstance(total, dict) else None
+    claim_row["currency"] = _currency(resource, total)
     claim_row["item_count"] = len(items)
     claim_row["service_codes"] = [
         f"{i['product_system'] or ''}|{i['product_code']}" for i in items if i["product_code"]

@@ -537,6 +537,8 @@ def test_contained_practitioner_requester_becomes_a_source_row() -> None:
         "npi": "1234567893",
         "practitioner_ref": None,
         "organization_ref": None,
+        "practitioner_display": "Dr. Inez Contained",
+        "organization_display": None,
         "type_codes": ["http://nucc.org/provider-taxonomy|171M00000X"],
         "active": None,
     }

@@ -194,7 +194,7 @@ def test_payer_numbers(report_data: dict[str, Any]) -> None:
 
     auth = report_data["prior_auth"]
     (payer,) = auth["by_payer"]
-    assert payer["payer"] == "Organization/pA"  # no name known: the key is shown
+    assert payer["payer"] == "unknown (Organization/…)"  # no name known: the bucket, never the reference
     assert (payer["requested"], payer["decided"], payer["approved"], payer["pending"]) == (3, 2, 2, 1)
     assert payer["median_days"] == pytest.approx(7.0)
     assert payer["p90_days"] == pytest.approx(10.0)
@@ -205,11 +205,11 @@ def test_payer_numbers(report_data: dict[str, Any]) -> None:
 def test_denial_numbers(report_data: dict[str, Any]) -> None:
     denials = report_data["denials"]
     by_payer = {p["payer"]: p for p in denials["by_payer"]}
-    # Payer A's name comes from its Organization; payer B has none and keeps its key.
+    # Payer A's name comes from its Organization; payer B has none and is counted in the unknown bucket.
     acme = by_payer["Acme Health Plan"]
     assert (acme["adjudicated_lines"], acme["denied_lines"]) == (3, 1)
     assert acme["denial_rate"] == pytest.approx(1 / 3)
-    assert by_payer["Organization/payer-b"]["denial_rate"] == pytest.approx(1.0)
+    assert by_payer["unknown (Organization/…)"]["denial_rate"] == pytest.approx(1.0)
     assert (denials["adjudicated_lines"], denials["denied_lines"], denials["denial_rate"]) == (4, 2, 0.5)
     assert {(c["category"], c["denied_lines"]) for c in denials["by_category"]} == {
         ("authorization", 1),
@@ -235,6 +235,26 @@ def test_denial_numbers(report_data: dict[str, Any]) -> None:
         "91-180 days": 0,
         "over 180 days": 0,
     }
+
+
+def test_kpis_weeks_and_funnel_count_the_same_referrals(engine: Engine) -> None:
+    # 4 weeks ending Sunday 2026-03-29 are Monday 03-02 to 03-29, inside March. Referrals on 03-01 (the
+    # Sunday before) and 03-31 are in March but not in the period: only sr-in counts, everywhere.
+    load(
+        engine,
+        service_request("sr-before", "2026-03-01T12:00:00Z", "Dr. Ada", "97161", complete=True),
+        service_request("sr-in", "2026-03-02T00:00:00Z", "Dr. Ada", "97161", complete=True),
+        service_request("sr-last", "2026-03-29T23:59:59Z", "Dr. Bo", "97165", complete=False),
+        service_request("sr-after", "2026-03-31T08:00:00Z", "Dr. Bo", "97161", complete=True),
+    )
+    got = data.collect(engine, data.parse_period("4w", date(2026, 3, 29)))
+    assert got["referrals_weekly"]["referrals"] == 2
+    assert sum(t["referrals"] for t in got["referrals_weekly"]["totals"]) == 2
+    assert got["funnel"]["totals"]["received"] == 2
+    assert [(m["month"], m["received"]) for m in got["funnel"]["months"]] == [("2026-03-01", 2)]
+    html = _text(render_html(got))
+    assert "2 new referrals" in html
+    assert "received from 2026-03-02 to 2026-03-29" in html
 
 
 def test_endpoint_filter_leaves_other_endpoints_out(loaded: Engine) -> None:
@@ -283,10 +303,11 @@ def test_page_shows_the_numbers_and_no_patient_identifiers(report_data: dict[str
         "50.0% of adjudicated claim lines denied or reduced",
         "2 denied lines waiting in the queue",
         "Acme Health Plan 3 1 33.3%",
-        "Organization/payer-b 1 1 100.0% 120.00",
+        # Amounts: two decimals after the claims' currency.
+        "unknown (Organization/…) 1 1 100.0% USD 120.00",
         "authorization 1 25.0%",
         "Dr. Ada",
-        "Organization/pA 3 2 2 0 1 7.0 10.0",
+        "unknown (Organization/…) 3 2 2 0 1 7.0 10.0",
     ):
         assert expected in text, expected
     # Aggregates only: no patient reference, referral, claim or response id anywhere in the page.
@@ -334,6 +355,28 @@ def test_chart_specs_compile_with_vega_lite(report_data: dict[str, Any]) -> None
         assert 'class="mark-' in svg, chart_id  # marks were drawn, not only axes
 
 
+def test_count_axes_hold_the_tallest_bar() -> None:
+    # Week 1: three disciplines stacked to 9 (the biggest single value is only 5); week 2: 2.
+    weekly = {
+        "weeks": ["2026-03-02", "2026-03-09"],
+        "totals": [{"week": "2026-03-02", "referrals": 9}, {"week": "2026-03-09", "referrals": 2}],
+        "disciplines": ["OT", "PT", "SLP"],
+        "by_discipline": [
+            {"week": "2026-03-02", "discipline": "PT", "referrals": 5},
+            {"week": "2026-03-02", "discipline": "OT", "referrals": 3},
+            {"week": "2026-03-02", "discipline": "SLP", "referrals": 1},
+            {"week": "2026-03-09", "discipline": "PT", "referrals": 2},
+        ],
+    }
+    y = charts.referrals_by_discipline(weekly)["encoding"]["y"]
+    assert y["scale"]["domain"][0] == 0
+    assert y["scale"]["domain"][1] >= 9
+    assert y["axis"]["format"] == "d"  # counts are whole numbers
+    steps = [{"step": "Received", "order": 0, "referrals": 40, "share_of_received": 1.0}]
+    funnel_x = charts.funnel(steps)["layer"][0]["encoding"]["x"]
+    assert funnel_x["scale"]["domain"][1] > 40  # room for the label after the bar
+
+
 def _sample_data(*, source: str) -> dict[str, Any]:
     period = data.parse_period("1w", date(2026, 11, 1))
     week = period.weeks()[0]
@@ -341,6 +384,7 @@ def _sample_data(*, source: str) -> dict[str, Any]:
         "period": {"start": period.start.isoformat(), "end": period.end.isoformat(), "label": period.label},
         "generated_at": "2026-11-01 00:00 UTC",
         "endpoints": ["e"],
+        "currency": None,
         "referrals_weekly": {
             "weeks": [week],
             "totals": [
@@ -436,3 +480,17 @@ def test_write_report_pdf_without_chromium_says_so(
         write_report(loaded, tmp_path / "r.html", pdf=True)
     # The HTML was written before the PDF step failed: the page still stands.
     assert (tmp_path / "r.html").stat().st_size > 100_000
+
+
+def test_one_number_format_in_the_demo_tables() -> None:
+    """SQLite sums a NUMERIC column of whole amounts to an int, PostgreSQL to a Decimal: both print alike."""
+    from decimal import Decimal
+
+    from connector.warehouse.summary import _cell
+
+    assert _cell(660, "money", "USD") == _cell(Decimal("660.00"), "money", "USD") == "USD 660.00"
+    assert _cell(53.1, "money", None) == "53.10"
+    assert _cell(Decimal("5"), "count", None) == _cell(5, "count", None) == "5"
+    assert _cell(Decimal("0.4400"), "rate", None) == _cell(0.44, "rate", None) == "0.44"
+    assert _cell("Organization/payer-9", "text", None) == "unknown (Organization/…)"
+    assert _cell(date(2026, 3, 2), "text", None) == "2026-03-02"

@@ -30,10 +30,23 @@ def _base(title: str, values: list[dict[str, Any]], **spec: Any) -> dict[str, An
     }
 
 
+def _count_scale(tallest: int) -> dict[str, Any]:
+    """A count axis from 0 that holds the tallest bar (stacked bars are summed before they are drawn, and
+    a domain left to the data can end below the stack's top: the bar then runs into the title)."""
+    return {"domain": [0, max(tallest, 1)], "nice": True, "zero": True}
+
+
 def _weekly_stacked(
-    title: str, values: list[dict[str, Any]], weeks: list[str], field: str, label: str, color: dict[str, Any]
+    title: str,
+    values: list[dict[str, Any]],
+    weeks: list[str],
+    field: str,
+    label: str,
+    color: dict[str, Any],
+    tallest: int,
 ) -> dict[str, Any]:
-    """Referrals per week as bars stacked by `field` (discipline or source)."""
+    """Referrals per week as bars stacked by `field` (discipline or source); `tallest` is the biggest
+    week's total."""
     return _base(
         title,
         values,
@@ -46,7 +59,14 @@ def _weekly_stacked(
                 "sort": weeks,
                 "scale": {"domain": weeks},
             },
-            "y": {"field": "referrals", "type": "quantitative", "aggregate": "sum", "title": "Referrals"},
+            "y": {
+                "field": "referrals",
+                "type": "quantitative",
+                "aggregate": "sum",
+                "title": "Referrals",
+                "axis": _COUNT_AXIS,
+                "scale": _count_scale(tallest),
+            },
             "color": {"field": field, "type": "nominal", "title": label, **color},
             "tooltip": [
                 {"field": "week", "title": "Week starting"},
@@ -55,6 +75,10 @@ def _weekly_stacked(
             ],
         },
     )
+
+
+def _tallest_week(weekly: dict[str, Any]) -> int:
+    return max((t["referrals"] for t in weekly["totals"]), default=0)
 
 
 def referrals_by_discipline(weekly: dict[str, Any]) -> dict[str, Any]:
@@ -67,6 +91,7 @@ def referrals_by_discipline(weekly: dict[str, Any]) -> dict[str, Any]:
         "discipline",
         "Discipline",
         {"scale": scale},
+        _tallest_week(weekly),
     )
 
 
@@ -78,6 +103,7 @@ def referrals_by_source(weekly: dict[str, Any]) -> dict[str, Any]:
         "source",
         "Source",
         {"sort": weekly["sources"], "scale": {"domain": weekly["sources"], "scheme": "tableau10"}},
+        _tallest_week(weekly),
     )
 
 
@@ -87,7 +113,14 @@ def funnel(steps: list[dict[str, Any]]) -> dict[str, Any]:
         "mark": {"type": "bar", "tooltip": True, "color": "#4c78a8"},
         "encoding": {
             "y": {"field": "step", "type": "ordinal", "sort": order, "title": None},
-            "x": {"field": "referrals", "type": "quantitative", "title": "Referrals", "axis": _COUNT_AXIS},
+            "x": {
+                "field": "referrals",
+                "type": "quantitative",
+                "title": "Referrals",
+                "axis": _COUNT_AXIS,
+                # Room for the count written after the longest bar.
+                "scale": _count_scale(round(1.15 * max((s["referrals"] for s in steps), default=0))),
+            },
             "tooltip": [
                 {"field": "step", "title": "Step"},
                 {"field": "referrals", "type": "quantitative", "title": "Referrals"},
@@ -126,7 +159,13 @@ def source_trend(sources: list[dict[str, Any]]) -> dict[str, Any]:
         mark={"type": "bar", "tooltip": True},
         encoding={
             "y": {"field": "source", "type": "nominal", "sort": order, "title": None},
-            "x": {"field": "referrals", "type": "quantitative", "title": "Referrals", "axis": _COUNT_AXIS},
+            "x": {
+                "field": "referrals",
+                "type": "quantitative",
+                "title": "Referrals",
+                "axis": _COUNT_AXIS,
+                "scale": _count_scale(max((v["referrals"] for v in values), default=0)),
+            },
             "yOffset": {"field": "window", "sort": ["prior 90 days", "last 90 days"]},
             "color": {
                 "field": "window",
@@ -269,7 +308,13 @@ def queue_age(buckets: list[dict[str, Any]]) -> dict[str, Any]:
                 "title": "Age since the decision",
                 "axis": {"labelAngle": 0},
             },
-            "y": {"field": "lines", "type": "quantitative", "title": "Denied lines", "axis": _COUNT_AXIS},
+            "y": {
+                "field": "lines",
+                "type": "quantitative",
+                "title": "Denied lines",
+                "axis": _COUNT_AXIS,
+                "scale": _count_scale(max((b["lines"] for b in buckets), default=0)),
+            },
             "tooltip": [
                 {"field": "bucket", "title": "Age"},
                 {"field": "lines", "type": "quantitative", "title": "Denied lines"},

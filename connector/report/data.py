@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from connector.errors import ConfigError
 from connector.warehouse.claim_decisions import ADJUDICATED_OUTCOMES, COUNTED_DECISIONS
 from connector.warehouse.names import is_reference, unknown_name
+from connector.warehouse.summary import main_currency
 
 #: Steps of the referral funnel, in order, with the `v_referral_funnel` column that counts each.
 FUNNEL_STEPS: tuple[tuple[str, str], ...] = (
@@ -189,31 +190,72 @@ def _named(key: str | None, names: Mapping[str, str]) -> str:
     return (unknown_name(key) or key) if is_reference(key) else key
 
 
-def _weekly(conn: Connection, period: Period, endpoints: Sequence[str] | None) -> dict[str, Any]:
+_DAYS = (*(c for c, _ in FUNNEL_MEDIANS), "median_days_acknowledged_to_scheduled")
+#: Funnel column -> the `_counts` step it sums.
+_FUNNEL_FROM = {
+    "received": "referrals",
+    "acknowledged": "acknowledged",
+    "evaluation_scheduled": "evaluations_scheduled",
+    "evaluation_attended": "evaluations_attended",
+}
+_WEEKLY_STEPS = (
+    "referrals",
+    "intake_complete",
+    "acknowledged",
+    "evaluations_scheduled",
+    "evaluations_attended",
+)
+
+
+def _received_in(conn: Connection, period: Period, endpoints: Sequence[str] | None) -> list[dict[str, Any]]:
+    """The `v_referral_facts` rows of the referrals received on the period's days (UTC), ends included."""
+    start = datetime.combine(period.start, datetime.min.time(), UTC)
+    end = start + timedelta(days=(period.end - period.start).days + 1)
+    # SQLite keeps timestamps as naive UTC text, which compares as text; PostgreSQL compares timestamptz.
+    bounds: tuple[Any, Any] = (
+        (start.strftime("%Y-%m-%d %H:%M:%S"), end.strftime("%Y-%m-%d %H:%M:%S"))
+        if conn.dialect.name == "sqlite"
+        else (start, end)
+    )
+    steps = ", ".join(f"days_{c.removeprefix('median_days_')}" for c in _DAYS)
+    stmt = sa.text(
+        "SELECT endpoint, source, discipline, received_at, intake_complete, acknowledged_at, scheduled, "
+        f"attended, {steps} FROM v_referral_facts WHERE received_at >= :start AND received_at < :end"
+        + (" AND endpoint IN :endpoints" if endpoints else "")
+    )
+    params: dict[str, Any] = {"start": bounds[0], "end": bounds[1]}
+    if endpoints:
+        stmt = stmt.bindparams(sa.bindparam("endpoints", expanding=True))
+        params["endpoints"] = list(endpoints)
+    return [dict(row._mapping) for row in conn.execute(stmt, params)]
+
+
+def _counts(fact: Mapping[str, Any]) -> dict[str, int]:
+    """One referral's steps, with the names of both the weekly view and the funnel view."""
+    return {
+        "referrals": 1,
+        "intake_complete": _int(fact["intake_complete"]),
+        "acknowledged": int(fact["acknowledged_at"] is not None),
+        "evaluations_scheduled": _int(fact["scheduled"]),
+        "evaluations_attended": _int(fact["attended"]),
+    }
+
+
+def _weekly(facts: Sequence[Mapping[str, Any]], period: Period) -> dict[str, Any]:
     weeks = period.weeks()
-    wanted = set(weeks)
-    rows = [
-        r
-        for r in _rows(
-            conn,
-            "SELECT endpoint, week, source, source_type, discipline, referrals, intake_complete, "
-            "acknowledged, evaluations_scheduled, evaluations_attended FROM v_referrals_weekly",
-            endpoints,
-        )
-        if _day(r["week"]) in wanted
-    ]
-    steps = ("referrals", "intake_complete", "acknowledged", "evaluations_scheduled", "evaluations_attended")
-    totals = {w: dict.fromkeys(steps, 0) for w in weeks}
+    totals = {w: dict.fromkeys(_WEEKLY_STEPS, 0) for w in weeks}
     by_discipline: Counter[tuple[str, str]] = Counter()
     by_source: Counter[tuple[str, str]] = Counter()
     source_total: Counter[str] = Counter()
-    for r in rows:
-        week = _day(r["week"]) or ""
-        for step in steps:
-            totals[week][step] += _int(r[step])
-        by_discipline[(week, r["discipline"] or "other")] += _int(r["referrals"])
-        by_source[(week, r["source"] or "unknown")] += _int(r["referrals"])
-        source_total[r["source"] or "unknown"] += _int(r["referrals"])
+    for fact in facts:
+        day = date.fromisoformat(_day(fact["received_at"]) or "")
+        week = (day - timedelta(days=day.weekday())).isoformat()
+        for step, n in _counts(fact).items():
+            totals[week][step] += n
+        source = fact["source"] or "unknown"
+        by_discipline[(week, fact["discipline"] or "other")] += 1
+        by_source[(week, source)] += 1
+        source_total[source] += 1
     # Ties broken by name so the same warehouse always gives the same page.
     top = [s for s, _ in sorted(source_total.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_SOURCES_WEEKLY]]
     grouped: Counter[tuple[str, str]] = Counter()
@@ -232,30 +274,38 @@ def _weekly(conn: Connection, period: Period, endpoints: Sequence[str] | None) -
         ],
         "sources": top + (["other sources"] if len(source_total) > len(top) else []),
         "by_source": [{"week": w, "source": s, "referrals": n} for (w, s), n in sorted(grouped.items()) if n],
-        "referrals": sum(t["referrals"] for t in totals.values()),
+        "referrals": len(facts),
     }
 
 
-def _funnel(conn: Connection, period: Period, endpoints: Sequence[str] | None) -> dict[str, Any]:
-    wanted = set(period.months())
-    columns = ", ".join(c for c, _ in FUNNEL_STEPS) + ", " + ", ".join(c for c, _ in FUNNEL_MEDIANS)
-    months = []
-    for r in _rows(conn, f"SELECT endpoint, month, {columns} FROM v_referral_funnel", endpoints):
-        month = _day(r["month"])
-        if month not in wanted:
-            continue
-        row: dict[str, Any] = {"endpoint": r["endpoint"], "month": month}
-        row.update({c: _int(r[c]) for c, _ in FUNNEL_STEPS})
-        row.update({c: _num(r[c]) for c, _ in FUNNEL_MEDIANS})
-        months.append(row)
-    months.sort(key=lambda m: (m["month"], m["endpoint"]))
-    totals = {c: sum(m[c] for m in months) for c, _ in FUNNEL_STEPS}
+def _funnel_row(facts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Steps and median days of some referrals (`statistics.median`: the views' median, which averages the
+    two middle values of an even count)."""
+    steps = [_counts(f) for f in facts]
+    row: dict[str, Any] = {column: sum(s[step] for s in steps) for column, step in _FUNNEL_FROM.items()}
+    for column in _DAYS:
+        days = f"days_{column.removeprefix('median_days_')}"
+        row[column] = _median(float(f[days]) for f in facts if f[days] is not None)
+    return row
+
+
+def _funnel(facts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    per_month: defaultdict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for fact in facts:
+        per_month[(_month_of(fact["received_at"]) or "", fact["endpoint"])].append(fact)
+    months = [
+        {"endpoint": endpoint, "month": month, **_funnel_row(rows)}
+        for (month, endpoint), rows in sorted(per_month.items())
+    ]
+    whole = _funnel_row(facts)
+    totals = {c: whole[c] for c, _ in FUNNEL_STEPS}
     received = totals["received"]
     steps = [
         {"step": label, "order": i, "referrals": totals[c], "share_of_received": _rate(totals[c], received)}
         for i, (c, label) in enumerate(FUNNEL_STEPS)
     ]
-    return {"months": months, "totals": totals, "steps": steps}
+    medians = {c: whole[c] for c in _DAYS}
+    return {"months": months, "totals": totals, "medians": medians, "steps": steps}
 
 
 def _sources(conn: Connection, endpoints: Sequence[str] | None) -> list[dict[str, Any]]:
@@ -325,14 +375,14 @@ def _prior_auth(
     for r in rows:
         day = _day(r["requested_at"]) or ""
         if first <= day <= last:
-            per_payer[r["payer_key"] or "unknown"].append(r)
+            per_payer[_named(r["payer_key"], names)].append(r)
     by_payer = []
-    for key, items in per_payer.items():
+    for payer, items in per_payer.items():
         days = [_num(i["turnaround_days"]) for i in items if i["turnaround_days"] is not None]
         decided = [i for i in items if i["decided_at"] is not None]
         by_payer.append(
             {
-                "payer": _named(key, names),
+                "payer": payer,
                 "requested": len(items),
                 "decided": len(decided),
                 "approved": sum(i["decision"] in ("approved", "modified", "partial") for i in decided),
@@ -346,28 +396,25 @@ def _prior_auth(
     all_days = [
         d for items in per_payer.values() for i in items if (d := _num(i["turnaround_days"])) is not None
     ]
-    wanted = set(period.months())
+    # Monthly medians from the same requests as the table (the view's are per whole month and per key).
+    per_month: defaultdict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for payer, items in per_payer.items():
+        for i in items:
+            per_month[(_month_of(i["requested_at"]) or "", payer)].append(i)
     monthly = []
+    for (month, payer), items in per_month.items():
+        month_days = [float(i["turnaround_days"]) for i in items if i["turnaround_days"] is not None]
+        if month_days:
+            monthly.append(
+                {"month": month, "payer": payer, "requested": len(items), "median_days": _median(month_days)}
+            )
     pending_now = expiring = 0
     for r in _rows(
-        conn,
-        "SELECT endpoint, payer_key, month, requested, median_turnaround_days, pending_now, "
-        "expiring_next_14_days FROM v_authorization_turnaround",
-        endpoints,
+        conn, "SELECT endpoint, pending_now, expiring_next_14_days FROM v_authorization_turnaround", endpoints
     ):
         # Pending and expiring are "now" counts: every request month counts, not only the period's.
         pending_now += _int(r["pending_now"])
         expiring += _int(r["expiring_next_14_days"])
-        month = _day(r["month"])
-        if month in wanted and r["median_turnaround_days"] is not None:
-            monthly.append(
-                {
-                    "month": month,
-                    "payer": _named(r["payer_key"], names),
-                    "requested": _int(r["requested"]),
-                    "median_days": _num(r["median_turnaround_days"]),
-                }
-            )
     monthly.sort(key=lambda m: (m["month"], m["payer"]))
     return {
         "by_payer": by_payer,
@@ -395,7 +442,7 @@ def _denials(
     adjudicated: Counter[str] = Counter()
     for r in _rows(conn, _ADJUDICATED_LINES, endpoints):
         if _month_of(r["created"]) in wanted:
-            adjudicated[r["payer_key"] or "unknown"] += _int(r["line_count"])
+            adjudicated[_named(r["payer_key"], names)] += _int(r["line_count"])
     denied: Counter[str] = Counter()
     denied_amount: defaultdict[str, float] = defaultdict(float)
     cat_lines: Counter[str] = Counter()
@@ -407,20 +454,21 @@ def _denials(
     ):
         if _day(r["month"]) not in wanted:
             continue
-        denied[r["payer"]] += _int(r["denied_lines"])
-        denied_amount[r["payer"]] += _num(r["denied_amount"]) or 0.0
+        payer = _named(r["payer"], names)
+        denied[payer] += _int(r["denied_lines"])
+        denied_amount[payer] += _num(r["denied_amount"]) or 0.0
         cat_lines[r["category"]] += _int(r["denied_lines"])
         cat_amount[r["category"]] += _num(r["denied_amount"]) or 0.0
     total_lines = sum(adjudicated.values())
     by_payer: list[dict[str, Any]] = [
         {
-            "payer": _named(key, names),
-            "adjudicated_lines": adjudicated[key],
-            "denied_lines": denied[key],
-            "denial_rate": _rate(denied[key], adjudicated[key]),
-            "denied_amount": round(denied_amount[key], 2),
+            "payer": payer,
+            "adjudicated_lines": adjudicated[payer],
+            "denied_lines": denied[payer],
+            "denial_rate": _rate(denied[payer], adjudicated[payer]),
+            "denied_amount": round(denied_amount[payer], 2),
         }
-        for key in set(adjudicated) | set(denied)
+        for payer in set(adjudicated) | set(denied)
     ]
     by_payer.sort(key=lambda p: (-p["adjudicated_lines"], p["payer"]))
     by_category: list[dict[str, Any]] = [
@@ -440,11 +488,12 @@ def _denials(
         endpoints,
     ):
         if _day(r["month"]) in wanted:
-            clean[r["payer"]][0] += _int(r["adjudicated_claims"])
-            clean[r["payer"]][1] += _int(r["clean_claims"])
+            payer = _named(r["payer"], names)
+            clean[payer][0] += _int(r["adjudicated_claims"])
+            clean[payer][1] += _int(r["clean_claims"])
     clean_rows: list[dict[str, Any]] = [
         {
-            "payer": _named(k, names),
+            "payer": k,
             "adjudicated_claims": a,
             "clean_claims": c,
             "clean_claim_rate": _rate(c, a),
@@ -518,11 +567,12 @@ def _payer_mix(
     for r in _rows(
         conn, "SELECT endpoint, payer_key, active_coverages, patients FROM v_payer_mix", endpoints
     ):
-        per[r["payer_key"]][0] += _int(r["active_coverages"])
-        per[r["payer_key"]][1] += _int(r["patients"])
+        payer = _named(r["payer_key"], names)
+        per[payer][0] += _int(r["active_coverages"])
+        per[payer][1] += _int(r["patients"])
     total = sum(c for c, _ in per.values())
     out: list[dict[str, Any]] = [
-        {"payer": _named(k, names), "active_coverages": c, "patients": p, "share": _rate(c, total)}
+        {"payer": k, "active_coverages": c, "patients": p, "share": _rate(c, total)}
         for k, (c, p) in per.items()
     ]
     out.sort(key=lambda p: (-p["active_coverages"], p["payer"]))
@@ -550,6 +600,8 @@ def collect(
             {r["endpoint"] for r in _rows(conn, "SELECT DISTINCT endpoint FROM referral", endpoints)}
         )
         names = _payer_names(conn, endpoints)
+        # Every referral number of the page (KPIs, weekly charts, funnel) counts these same referrals.
+        facts = _received_in(conn, period, endpoints)
         return {
             "period": {
                 "start": period.start.isoformat(),
@@ -558,8 +610,10 @@ def collect(
             },
             "generated_at": (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "endpoints": list(endpoints) if endpoints else found,
-            "referrals_weekly": _weekly(conn, period, endpoints),
-            "funnel": _funnel(conn, period, endpoints),
+            # Amounts are shown after this currency (the claims'); none when the data says none.
+            "currency": main_currency(conn),
+            "referrals_weekly": _weekly(facts, period),
+            "funnel": _funnel(facts),
             "sources": _sources(conn, endpoints),
             "eligibility": _eligibility(conn, period, endpoints),
             "prior_auth": _prior_auth(conn, period, endpoints, names),

@@ -18,6 +18,7 @@ from markupsafe import Markup
 
 from connector.report import charts as chart_specs
 from connector.report.data import FUNNEL_MEDIANS, FUNNEL_STEPS
+from connector.warehouse.summary import money
 
 
 @functools.cache
@@ -46,8 +47,8 @@ def _days(value: float | None) -> str:
     return _BLANK if value is None else f"{value:.1f}"
 
 
-def _money(value: float | None) -> str:
-    return _BLANK if value is None else f"{value:,.2f}"
+def _money(value: float | None, currency: str | None = None) -> str:
+    return _BLANK if value is None else money(value, currency)
 
 
 def _count(value: int | None) -> str:

@@ -2,47 +2,76 @@
 
 from __future__ import annotations
 
+from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from rich.console import Group
 from rich.table import Table
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from connector.warehouse.models import Base
 from connector.warehouse.names import is_reference, unknown_name
 
-#: (title, SQL over the views, column headings). Aggregates only: nothing here names a patient.
-SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+#: (title, SQL over the views, ((heading, format), ...)). Aggregates only: nothing here names a patient.
+#: One format per kind of number, so every table shows it the same way: `text`, `count` (an integer),
+#: `rate` (0-1, two decimals), `days` (two decimals), `money` (two decimals after the data's currency).
+SECTIONS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
     (
         "New referrals per week (latest 8 weeks)",
         "SELECT week, SUM(referrals), SUM(intake_complete), SUM(acknowledged), SUM(evaluations_scheduled), "
         "SUM(evaluations_attended) FROM v_referrals_weekly GROUP BY week ORDER BY week DESC LIMIT 8",
-        ("week", "referrals", "intake complete", "acknowledged", "evaluations scheduled", "attended"),
+        (
+            ("week", "text"),
+            ("referrals", "count"),
+            ("intake complete", "count"),
+            ("acknowledged", "count"),
+            ("evaluations scheduled", "count"),
+            ("attended", "count"),
+        ),
     ),
     (
         "Referrals by discipline",
         "SELECT discipline, SUM(referrals), SUM(evaluations_scheduled) FROM v_referrals_weekly "
         "GROUP BY discipline ORDER BY SUM(referrals) DESC",
-        ("discipline", "referrals", "evaluations scheduled"),
+        (("discipline", "text"), ("referrals", "count"), ("evaluations scheduled", "count")),
     ),
     (
         "Referral funnel per month",
         "SELECT month, received, acknowledged, evaluation_scheduled, evaluation_attended, "
         "median_days_received_to_scheduled FROM v_referral_funnel ORDER BY month DESC LIMIT 6",
-        ("month", "received", "acknowledged", "evaluation scheduled", "attended", "median days to booking"),
+        (
+            ("month", "text"),
+            ("received", "count"),
+            ("acknowledged", "count"),
+            ("evaluation scheduled", "count"),
+            ("attended", "count"),
+            ("median days to booking", "days"),
+        ),
     ),
     (
         "Top referral sources (last 90 days)",
         "SELECT source, source_type, referrals_last_90_days, referrals_prior_90_days, conversion_rate, "
         "incomplete_intake_share FROM v_referral_sources ORDER BY referrals_last_90_days DESC LIMIT 8",
-        ("source", "type", "last 90 days", "prior 90 days", "conversion", "incomplete intakes"),
+        (
+            ("source", "text"),
+            ("type", "text"),
+            ("last 90 days", "count"),
+            ("prior 90 days", "count"),
+            ("conversion", "rate"),
+            ("incomplete intakes", "rate"),
+        ),
     ),
     (
         "Eligibility verified before the first visit",
         "SELECT month, patients_with_first_visit, verified_before_visit, rate "
         "FROM v_eligibility_before_first_visit ORDER BY month DESC LIMIT 6",
-        ("month", "patients with a first visit", "verified before", "rate"),
+        (
+            ("month", "text"),
+            ("patients with a first visit", "count"),
+            ("verified before", "count"),
+            ("rate", "rate"),
+        ),
     ),
     (
         "Prior-authorization turnaround",
@@ -51,37 +80,68 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "t.median_turnaround_days, t.pending_now FROM v_authorization_turnaround t "
         "LEFT JOIN v_source_names n ON n.endpoint = t.endpoint AND n.source_ref = t.payer_key "
         "ORDER BY t.month DESC, t.requested DESC LIMIT 8",
-        ("month", "payer", "requested", "decided", "median days", "pending now"),
+        (
+            ("month", "text"),
+            ("payer", "text"),
+            ("requested", "count"),
+            ("decided", "count"),
+            ("median days", "days"),
+            ("pending now", "count"),
+        ),
     ),
     (
         "Denials by reason category",
         "SELECT category, SUM(denied_lines), SUM(denied_amount) FROM v_denials_by_reason "
         "GROUP BY category ORDER BY SUM(denied_lines) DESC",
-        ("category", "denied lines", "denied amount"),
+        (("category", "text"), ("denied lines", "count"), ("denied amount", "money")),
     ),
     (
         "Open denial queue",
         "SELECT category, COUNT(*), SUM(denied_amount), MAX(age_days) FROM v_denial_queue "
         "GROUP BY category ORDER BY COUNT(*) DESC",
-        ("category", "open denials", "amount", "oldest (days)"),
+        (("category", "text"), ("open denials", "count"), ("amount", "money"), ("oldest (days)", "count")),
     ),
     (
         "Queued for the EMR (`connector push --dry-run` shows what would be sent)",
         "SELECT kind, status, COUNT(*) FROM outbox GROUP BY kind, status ORDER BY kind, status",
-        ("kind", "status", "items"),
+        (("kind", "text"), ("status", "text"), ("items", "count")),
     ),
 )
 
 
-def _cell(value: Any) -> str:
+def main_currency(conn: Connection) -> str | None:
+    """The currency the claims are in (the most common `claim.currency`); None when no claim says one."""
+    value = conn.execute(
+        sa.text(
+            "SELECT currency FROM claim WHERE currency IS NOT NULL "
+            "GROUP BY currency ORDER BY COUNT(*) DESC, currency LIMIT 1"
+        )
+    ).scalar()
+    return str(value) if value else None
+
+
+def money(value: float | None, currency: str | None) -> str:
+    """An amount with two decimals, after its currency when the data has one ("USD 1,234.50")."""
     if value is None:
         return ""
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    if isinstance(value, str) and is_reference(value):
+    text = f"{value:,.2f}"
+    return f"{currency} {text}" if currency else text
+
+
+def _cell(value: Any, kind: str, currency: str | None) -> str:
+    if value is None:
+        return ""
+    if kind == "count":
+        return str(int(value))
+    if kind in ("rate", "days"):
+        return f"{float(value):.2f}"
+    if kind == "money":
+        return money(float(value), currency)
+    text = str(value)[:10] if isinstance(value, date | datetime) else str(value)
+    if is_reference(text):
         # A payer or source the warehouse has no name for: its bucket, never the resource id.
-        return unknown_name(value) or value
-    return str(value)
+        return unknown_name(text) or text
+    return text
 
 
 def demo_metrics(engine: Engine) -> dict[str, Any]:
@@ -91,10 +151,15 @@ def demo_metrics(engine: Engine) -> dict[str, Any]:
             name: conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
             for name, table in sorted(Base.metadata.tables.items())
         }
+        currency = main_currency(conn)
         sections = []
-        for title, sql, headings in SECTIONS:
-            rows = [[_cell(v) for v in row] for row in conn.execute(sa.text(sql))]
-            sections.append({"title": title, "columns": list(headings), "rows": rows})
+        for title, sql, columns in SECTIONS:
+            kinds = [kind for _, kind in columns]
+            rows = [
+                [_cell(v, kind, currency) for v, kind in zip(row, kinds, strict=True)]
+                for row in conn.execute(sa.text(sql))
+            ]
+            sections.append({"title": title, "columns": [h for h, _ in columns], "rows": rows})
     return {"tables": counts, "sections": sections}
 
 

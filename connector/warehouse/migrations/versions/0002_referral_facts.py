@@ -264,6 +264,27 @@ FROM (
 """
 
 
+_FACT_COLUMNS = (
+    "endpoint, source_ref, source, source_type, discipline, received_at, week, month, intake_complete, "
+    "acknowledged_at, scheduled, attended, "
+    + ", ".join(
+        f"days_{step}"
+        for step in (
+            "received_to_acknowledged",
+            "acknowledged_to_scheduled",
+            "received_to_scheduled",
+            "scheduled_to_attended",
+            "received_to_attended",
+        )
+    )
+)
+
+
+def facts_sql(*, acknowledgments: bool, names: bool) -> dict[str, str]:
+    """Dialect -> SELECT of `v_referral_facts` (migration 0015): the views' `facts`, one row per referral."""
+    return {d: f"{_facts(d, acknowledgments, names)}\nSELECT {_FACT_COLUMNS} FROM facts" for d in DIALECTS}
+
+
 def view_sql(*, acknowledgments: bool = False, names: bool = False) -> dict[str, dict[str, str]]:
     """View name -> dialect -> SELECT.
 
