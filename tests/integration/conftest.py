@@ -11,6 +11,7 @@ reason, and fail when CI=true.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -114,9 +115,9 @@ def _wait_for_metadata(base_url: str, process: subprocess.Popen[bytes], log: Pat
         raise RuntimeError(f"sekmet answered {response.status_code} to /metadata: {log.read_text()[-2000:]}")
 
 
-@pytest.fixture(scope="session")
-def sekmet_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A running, empty sekmet-fhir server; yields its FHIR base URL (`http://127.0.0.1:<port>/fhir`)."""
+@contextlib.contextmanager
+def serve_sekmet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Start an empty sekmet-fhir server; yields its FHIR base URL (`http://127.0.0.1:<port>/fhir`)."""
     python = ensure_sekmet()
     folder = tmp_path_factory.mktemp("sekmet")
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -147,6 +148,20 @@ def sekmet_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def sekmet_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A running sekmet-fhir server shared by the session (the generated practice is loaded into it)."""
+    with serve_sekmet(tmp_path_factory) as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="module")
+def own_sekmet_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A sekmet-fhir server of the module's own, for data that must not change the shared server's counts."""
+    with serve_sekmet(tmp_path_factory) as base_url:
+        yield base_url
 
 
 @pytest.fixture(scope="session")
