@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from connector.errors import ConfigError
 from connector.warehouse.claim_decisions import ADJUDICATED_OUTCOMES, COUNTED_DECISIONS
-from connector.warehouse.names import is_reference, unknown_name
+from connector.warehouse.names import shown
 from connector.warehouse.summary import main_currency
 
 #: Steps of the referral funnel, in order, with the `v_referral_funnel` column that counts each.
@@ -153,9 +153,11 @@ def _p90(values: Iterable[float]) -> float | None:
 # ---------------------------------------------------------------- queries
 
 
-def _rows(conn: Connection, sql: str, endpoints: Sequence[str] | None) -> list[dict[str, Any]]:
-    """Rows of one SELECT over a view, limited to `endpoints` when given."""
-    params: dict[str, Any] = {}
+def _rows(
+    conn: Connection, sql: str, endpoints: Sequence[str] | None, params: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Rows of one SELECT over a view (with its bound `params`), limited to `endpoints` when given."""
+    params = dict(params or {})
     if endpoints:
         sql = f"SELECT * FROM ({sql}) q WHERE q.endpoint IN :endpoints"
         params["endpoints"] = list(endpoints)
@@ -187,7 +189,7 @@ def _named(key: str | None, names: Mapping[str, str]) -> str:
         return "unknown"
     if key in names:
         return names[key]
-    return (unknown_name(key) or key) if is_reference(key) else key
+    return shown(key)
 
 
 _DAYS = (*(c for c, _ in FUNNEL_MEDIANS), "median_days_acknowledged_to_scheduled")
@@ -218,16 +220,13 @@ def _received_in(conn: Connection, period: Period, endpoints: Sequence[str] | No
         else (start, end)
     )
     steps = ", ".join(f"days_{c.removeprefix('median_days_')}" for c in _DAYS)
-    stmt = sa.text(
+    return _rows(
+        conn,
         "SELECT endpoint, source, discipline, received_at, intake_complete, acknowledged_at, scheduled, "
-        f"attended, {steps} FROM v_referral_facts WHERE received_at >= :start AND received_at < :end"
-        + (" AND endpoint IN :endpoints" if endpoints else "")
+        f"attended, {steps} FROM v_referral_facts WHERE received_at >= :start AND received_at < :end",
+        endpoints,
+        {"start": bounds[0], "end": bounds[1]},
     )
-    params: dict[str, Any] = {"start": bounds[0], "end": bounds[1]}
-    if endpoints:
-        stmt = stmt.bindparams(sa.bindparam("endpoints", expanding=True))
-        params["endpoints"] = list(endpoints)
-    return [dict(row._mapping) for row in conn.execute(stmt, params)]
 
 
 def _counts(fact: Mapping[str, Any]) -> dict[str, int]:

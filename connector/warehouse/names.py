@@ -42,3 +42,8 @@ def unknown_name_sql(expr: str) -> str:
         for rtype in NAMED_TYPES
     )
     return f"(CASE WHEN {expr} IS NULL THEN NULL{cases} ELSE '{UNKNOWN}' END)"
+
+
+def shown(text: str) -> str:
+    """A key as it may be shown: a literal reference becomes its bucket, anything else stays as it is."""
+    return (unknown_name(text) or text) if is_reference(text) else text

@@ -11,7 +11,7 @@ from rich.table import Table
 from sqlalchemy.engine import Connection, Engine
 
 from connector.warehouse.models import Base
-from connector.warehouse.names import is_reference, unknown_name
+from connector.warehouse.names import shown
 
 #: (title, SQL over the views, ((heading, format), ...)). Aggregates only: nothing here names a patient.
 #: One format per kind of number, so every table shows it the same way: `text`, `count` (an integer),
@@ -137,11 +137,8 @@ def _cell(value: Any, kind: str, currency: str | None) -> str:
         return f"{float(value):.2f}"
     if kind == "money":
         return money(float(value), currency)
-    text = str(value)[:10] if isinstance(value, date | datetime) else str(value)
-    if is_reference(text):
-        # A payer or source the warehouse has no name for: its bucket, never the resource id.
-        return unknown_name(text) or text
-    return text
+    # A payer or source the warehouse has no name for shows as its bucket, never the resource id.
+    return shown(str(value)[:10] if isinstance(value, date | datetime) else str(value))
 
 
 def demo_metrics(engine: Engine) -> dict[str, Any]:
