@@ -6,7 +6,8 @@ the `prior_authorization` view on `ClaimResponse.request`; so whichever arrives 
 it when it arrives, and a newer version of one never overwrites what the other wrote.
 
 Only `use = preauthorization` is handled here; claims (`use = claim`) belong to `mappings.claim`, and
-for them these mappers return nothing.
+for them these mappers return nothing. A Da Vinci PAS claim inquiry (`profile-claim-inquiry`) asks about a
+request already made; it is a dead letter with that reason rather than a second request.
 
 The decision is read, in this order, from the X12 306 review action of the Da Vinci PAS / HRex
 `reviewAction` extension (per item adjudication, or on the ClaimResponse itself in older PAS versions),
@@ -34,6 +35,8 @@ ADJUDICATION = "http://terminology.hl7.org/CodeSystem/adjudication"
 _REVIEW_ACTION = "extension-reviewAction"
 _REVIEW_ACTION_CODE = "extension-reviewActionCode"
 _AUTHORIZED_DETAIL = "extension-itemAuthorizedDetail"
+# A PAS claim inquiry asks the payer about an authorization already requested: not a request of its own.
+_INQUIRY_PROFILE = "/profile-claim-inquiry"
 _ITEM_PERIODS = ("extension-itemPreAuthPeriod", "extension-itemAuthorizedDate")
 # Adjudication categories whose amount says what the payer will cover.
 _COVERED_CATEGORIES = ("benefit", "eligible")
@@ -74,10 +77,20 @@ def map_preauth_claim(resource: dict[str, Any], ctx: MapContext) -> MappedRecord
     """Map a validated pre-authorization Claim to its request row and item rows; {} for other uses."""
     if not _is_preauth(resource, "Claim"):
         return {}
+    if _is_inquiry(resource):
+        raise MappingError(
+            f"{resource_label(resource)}: a Da Vinci PAS claim inquiry asks about an authorization already "
+            "requested; it is not a request, so it is not counted as one"
+        )
     try:
         return _request_rows(resource, ctx)
     except MappingError as exc:
         raise MappingError(f"{resource_label(resource)}: {exc}") from None
+
+
+def _is_inquiry(resource: dict[str, Any]) -> bool:
+    profiles = (resource.get("meta") or {}).get("profile") or ()
+    return any(isinstance(p, str) and p.split("|")[0].endswith(_INQUIRY_PROFILE) for p in profiles)
 
 
 def _service(concept: dict[str, Any] | None) -> tuple[str | None, str | None]:
@@ -170,6 +183,34 @@ def _review_codes(extensions: Any) -> list[str]:
             if code:
                 codes.append(code)
     return codes
+
+
+def _review_numbers(extensions: Any) -> list[str]:
+    """The authorization numbers of reviewAction extensions (PAS 2.x puts them there, not in preAuthRef)."""
+    numbers = []
+    for extension in extensions or ():
+        if isinstance(extension, dict) and _url_is(extension, _REVIEW_ACTION):
+            for sub in extension.get("extension") or ():
+                if not isinstance(sub, dict) or sub.get("url") != "number":
+                    continue
+                value = sub.get("valueString")
+                if isinstance(value, str) and value.strip():
+                    numbers.append(value.strip())
+    return numbers
+
+
+def _authorization_number(resource: dict[str, Any]) -> str | None:
+    """preAuthRef, else the first reviewAction number of the response, its items or their adjudications."""
+    if isinstance(resource.get("preAuthRef"), str) and resource["preAuthRef"]:
+        return str(resource["preAuthRef"])
+    numbers = _review_numbers(resource.get("extension"))
+    for item in [*(resource.get("item") or ()), *(resource.get("addItem") or ())]:
+        if isinstance(item, dict):
+            for adjudication in item.get("adjudication") or ():
+                if isinstance(adjudication, dict):
+                    numbers += _review_numbers(adjudication.get("extension"))
+            numbers += _review_numbers(item.get("extension"))
+    return numbers[0] if numbers else None
 
 
 def _decision_of_code(code: str) -> str:
@@ -347,7 +388,7 @@ def _response_rows(resource: dict[str, Any], ctx: MapContext) -> MappedRecords:
     response["insurer_display"] = insurer.display
     response["insurer_identifier"] = insurer.identifier
     response["responded_at"] = responded_at
-    response["pre_auth_ref"] = resource.get("preAuthRef")
+    response["pre_auth_ref"] = _authorization_number(resource)
     response["pre_auth_start"] = start
     response["pre_auth_end"] = end
     response["disposition"] = disposition if isinstance(disposition, str) else None
