@@ -487,11 +487,15 @@ DEMO_REPORT = "demo-report.html"
 
 
 def _demo_report(engine: Any) -> Path:
-    """Write ./demo-report.html; its period ends with the demo data's newest week, not today, so the bundled
-    (fixed-date) data set keeps filling the charts as time goes by."""
-    from connector.report import latest_activity_day, write_report
+    """Write ./demo-report.html; its period is the demo data's weeks, not the weeks up to today, so the
+    bundled (fixed-date) data set fills the charts as time goes by and every referral in it is counted."""
+    from connector.report import activity_weeks, write_report
 
-    return write_report(engine, Path(DEMO_REPORT), as_of=latest_activity_day(engine)).html
+    weeks = activity_weeks(engine)
+    if weeks is None:
+        return write_report(engine, Path(DEMO_REPORT)).html
+    as_of, period = weeks
+    return write_report(engine, Path(DEMO_REPORT), period=period, as_of=as_of).html
 
 
 @app.command()

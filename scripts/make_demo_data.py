@@ -4,7 +4,8 @@ The data is the official HL7 FHIR R4 examples (hl7.fhir.r4.examples 4.0.1, CC0-1
 ../shared/fhir-samples, or --samples) plus generated therapy referrals for a fictional practice:
 ServiceRequests for physical, occupational and speech therapy with their Coverage, Appointments,
 Encounters, eligibility responses, prior authorizations, claims and remittances. Patients appear only as
-`Patient/demo-<n>` references: the demo data holds no patient names, addresses or birth dates.
+`Patient/demo-<n>` references: the demo data holds no patient names, addresses or birth dates. The HL7
+examples (dated 2011-2018) are moved by whole days into the generated data's 16 weeks (see `redate`).
 
 Deterministic: a seeded random generator and a fixed "now" (2026-11-01), and gzip headers without a
 timestamp, so re-running the script yields byte-identical files. A handful of ServiceRequests are
@@ -20,9 +21,10 @@ import gzip
 import io
 import json
 import random
+import re
 from collections import Counter
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +56,23 @@ SAMPLE_TYPES = (
     "Practitioner",
     "Organization",
 )
-# Sample examples carry no meta; they get one fixed stamp so incremental windows treat them like the rest.
-SAMPLE_LAST_UPDATED = "2026-07-01T00:00:00Z"
+# Sample examples carry no meta; those without a date of their own get this stamp (inside WINDOW).
+SAMPLE_LAST_UPDATED = "2026-07-20T00:00:00Z"
+# The date each sample is re-dated by (the first present): the examples date from 2011-2018, and a demo
+# whose report covers WINDOW must not show a denial 4,000 days old.
+SAMPLE_ANCHORS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "ServiceRequest": (("authoredOn",), ("occurrenceDateTime",), ("occurrencePeriod", "start")),
+    "Claim": (("created",),),
+    "ClaimResponse": (("created",),),
+    "ExplanationOfBenefit": (("created",),),
+    "CoverageEligibilityResponse": (("created",),),
+    "Appointment": (("start",), ("created",)),
+    "Encounter": (("period", "start"),),
+    "Coverage": (("period", "start"), ("period", "end")),
+}
+# Strings that look like dates but are not facts of the visit or claim (a contained patient's birth date).
+_NOT_SHIFTED = frozenset({"birthDate", "id", "reference", "display", "div"})
+_DATE = re.compile(r"^(\d{4}-\d{2})(-\d{2})?(T.*)?$")
 
 CARC = "https://x12.org/codes/claim-adjustment-reason-codes"
 CLAIM_TYPE = "http://terminology.hl7.org/CodeSystem/claim-type"
@@ -682,11 +699,55 @@ class DemoBuilder:
         return self.out
 
 
+def _shifted(text: str, days: int) -> str:
+    match = _DATE.match(text)
+    assert match is not None
+    month, dom, rest = match.groups()
+    moved = date.fromisoformat(f"{month}{dom or '-01'}") + timedelta(days=days)
+    return moved.isoformat()[: 10 if dom else 7] + (rest or "")
+
+
+def _shift(value: Any, days: int, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: v if k in _NOT_SHIFTED else _shift(v, days, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shift(v, days, key) for v in value]
+    if isinstance(value, str) and _DATE.match(value):
+        return _shifted(value, days)
+    return value
+
+
+def redate(resource: dict[str, Any]) -> dict[str, Any]:
+    """The sample moved by whole days so its anchor date falls inside WINDOW.
+
+    The anchor's day of the window follows from the anchor itself, so examples dated the same day (a Claim,
+    its ClaimResponse and EOB of 2014-08-16) stay on one day and keep their order and gaps.
+    """
+    anchor = None
+    for path in SAMPLE_ANCHORS.get(resource["resourceType"], ()):
+        value: Any = resource
+        for step in path:
+            value = value.get(step) if isinstance(value, dict) else None
+        match = _DATE.match(value) if isinstance(value, str) else None
+        if match:
+            anchor = date.fromisoformat(match[1] + (match[2] or "-01"))
+            break
+    if anchor is None:
+        return resource
+    first = (NOW - WINDOW).date() + timedelta(days=1)
+    target = first + timedelta(days=anchor.toordinal() % (WINDOW.days - 2))
+    moved: dict[str, Any] = _shift({k: v for k, v in resource.items() if k != "meta"}, (target - anchor).days)
+    # Last updated on its (new) day, so the received date of a referral without authoredOn is in WINDOW too.
+    moved["meta"] = {"lastUpdated": f"{target.isoformat()}T12:00:00Z", **resource.get("meta", {})}
+    return moved
+
+
 def read_samples(folder: Path) -> dict[str, list[dict[str, Any]]]:
     samples: dict[str, list[dict[str, Any]]] = {}
     for rtype in SAMPLE_TYPES:
         path = folder / f"{rtype}.ndjson"
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [redate(row) for row in rows]
         for row in rows:
             row.setdefault("meta", {}).setdefault("lastUpdated", SAMPLE_LAST_UPDATED)
             row["meta"].setdefault("versionId", "1")

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from connector.cli import app, demo_config_path
+from connector.report import activity_weeks, collect, parse_period
 
 runner = CliRunner()
 BASE = "https://emr.test/fhir"
@@ -65,6 +66,13 @@ def test_demo_end_to_end_twice(tmp_path: Path) -> None:
             sa.text("select count(*) from referral where patient_ref not like 'Patient/%'")
         )
         unnamed_count = unnamed.scalar_one()
+        # The demo's report covers the data's weeks, so it counts every referral of the demo.
+        as_of, period = activity_weeks(engine) or (None, "")
+    assert period == "17w"  # July 12 - November 1 2026: the Sunday before 16 whole weeks
+    assert as_of is not None
+    shown = collect(engine, parse_period(period, as_of))
+    assert shown["funnel"]["totals"]["received"] == referrals
+    assert sum(week["referrals"] for week in shown["referrals_weekly"]["totals"]) == referrals
     engine.dispose()
     # Nothing is lost: every ServiceRequest in the sample data is a referral or a dead letter.
     assert referrals + rejected == demo_service_requests()

@@ -95,3 +95,44 @@ def test_generator_is_deterministic() -> None:
     assert first == second
     shipped = {r["id"] for r in _read("ServiceRequest")}
     assert {r["id"] for r in first["ServiceRequest"]} <= shipped
+
+
+#: The date of each fact the demo's report counts (received, billed, decided, verified, requested, booked).
+EVENT_COLUMNS = {
+    "referral": ("authored_on", "last_updated"),
+    "claim": ("created",),
+    "claim_adjudication": ("created",),
+    "denial": ("decided_at",),
+    "eligibility_check": ("verified_at",),
+    "prior_auth_request": ("requested_at",),
+    "prior_auth_response": ("responded_at",),
+    "visit": ("booked_at",),
+}
+
+
+def test_every_fact_of_the_demo_falls_in_its_sixteen_weeks() -> None:
+    """The HL7 examples (2011-2018) are re-dated too, so the demo shows no denial thousands of days old."""
+    ctx = MapContext(endpoint="demo", synced_at=NOW)
+    start = datetime(2026, 7, 12, tzinfo=UTC)  # NOW - 16 weeks
+    seen: dict[tuple[str, str, bool], int] = {}
+    for rtype in TYPES:
+        for resource in _read(rtype):
+            try:
+                mapped = map_resource(resource, ctx)
+            except MappingError:
+                continue  # the deliberate dead letters
+            sample = not resource["id"].startswith("demo-")
+            for table, columns in EVENT_COLUMNS.items():
+                for row in mapped.get(table, ()):
+                    for column in columns:
+                        if row.get(column) is not None:
+                            assert start <= row[column] <= NOW, (rtype, resource["id"], column, row[column])
+                            seen[(table, column, sample)] = seen.get((table, column, sample), 0) + 1
+    # Both the samples and the generated data were checked, for every kind of fact.
+    assert {(t, c) for t, c, sample in seen if sample} >= {
+        ("referral", "authored_on"), ("claim", "created"), ("denial", "decided_at"),
+        ("eligibility_check", "verified_at"), ("prior_auth_response", "responded_at"), ("visit", "booked_at"),
+    }  # fmt: skip
+    assert {(t, c) for t, c, sample in seen if not sample} == {
+        (t, c) for t, columns in EVENT_COLUMNS.items() for c in columns
+    }

@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from connector.report.data import Period, collect, latest_activity_day, parse_period
+from connector.report.data import Period, activity_weeks, collect, parse_period
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -48,4 +48,4 @@ def write_report(
     return ReportFiles(html=html, pdf=printed, period=span)
 
 
-__all__ = ["Period", "ReportFiles", "collect", "latest_activity_day", "parse_period", "write_report"]
+__all__ = ["Period", "ReportFiles", "activity_weeks", "collect", "parse_period", "write_report"]

@@ -578,12 +578,16 @@ def _payer_mix(
     return out
 
 
-def latest_activity_day(engine: Engine) -> date | None:
-    """The newest week with referrals (its Sunday), for a report of a warehouse frozen in time (the demo)."""
+def activity_weeks(engine: Engine) -> tuple[date, str] | None:
+    """The Sunday of the newest week with referrals and the period (`<n>w`) back to the oldest such week: a
+    report of a warehouse frozen in time (the demo) that holds every referral in it."""
     with engine.connect() as conn:
-        value = conn.execute(sa.text("SELECT MAX(week) FROM v_referrals_weekly")).scalar()
-    day = _day(value)
-    return date.fromisoformat(day) + timedelta(days=6) if day else None
+        first, last = conn.execute(sa.text("SELECT MIN(week), MAX(week) FROM v_referrals_weekly")).one()
+    first_day, last_day = _day(first), _day(last)
+    if not first_day or not last_day:
+        return None
+    weeks = (date.fromisoformat(last_day) - date.fromisoformat(first_day)).days // 7 + 1
+    return date.fromisoformat(last_day) + timedelta(days=6), f"{weeks}w"
 
 
 def collect(
