@@ -52,6 +52,8 @@ from connector.sync.receipts import take_receipts
 from connector.sync.windows import Window, window_params
 from connector.warehouse import state
 from connector.warehouse.engine import ensure_schema, make_engine
+from connector.warehouse.episode_links import INPUT_TYPES as EPISODE_INPUT_TYPES
+from connector.warehouse.episode_links import derive_episode_links
 from connector.warehouse.visit_links import INPUT_TYPES, derive_visit_links
 from flows import artifacts
 from flows.runners import run_tasks
@@ -391,16 +393,19 @@ def _log_plan(plan: EndpointPlan) -> None:
 
 
 async def _derive_visits(run: EndpointRun, results: list[StreamResult]) -> None:
-    """Visits linked and evaluations inferred for the patients this run wrote (all on a full refresh),
-    before push-back reads them; nothing to do (and no table scan) when no referral or visit was loaded."""
+    """Visits, then episodes, plans, goals and notes linked (and evaluations inferred) for the patients this
+    run wrote (all on a full refresh), before push-back reads them; nothing to do (and no table scan) when
+    none of their types was loaded."""
     visits = run.endpoint.visits
-    loaded = any(r.loaded for r in results if r.resource_type in INPUT_TYPES)
-    if not visits.infer_evaluations or not (loaded or run.full_refresh):
-        return
     since = None if run.full_refresh else run.synced_at
-    await asyncio.to_thread(
-        derive_visit_links, run.engine, run.endpoint.name, since, visits.evaluation_window_days
-    )
+    loaded = any(r.loaded for r in results if r.resource_type in INPUT_TYPES)
+    if visits.infer_evaluations and (loaded or run.full_refresh):
+        await asyncio.to_thread(
+            derive_visit_links, run.engine, run.endpoint.name, since, visits.evaluation_window_days
+        )
+    # Then the episode's rows, which can follow their visits' links.
+    if run.full_refresh or any(r.loaded for r in results if r.resource_type in EPISODE_INPUT_TYPES):
+        await asyncio.to_thread(derive_episode_links, run.engine, run.endpoint.name, since)
 
 
 async def _push(run: EndpointRun) -> list[str]:

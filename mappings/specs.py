@@ -17,6 +17,7 @@ from typing import Literal
 from mappings.adjudication import map_adjudication
 from mappings.claim import map_claim
 from mappings.eligibility import map_coverage, map_eligibility_response
+from mappings.episode import map_care_plan, map_clinical_note, map_episode, map_goal
 from mappings.patient import map_patient
 from mappings.prior_auth import map_preauth_claim, map_preauth_response
 from mappings.referral import map_appointment, map_encounter, map_referral_source, map_service_request
@@ -204,6 +205,69 @@ SPECS: tuple[ResourceSpec, ...] = (
         required_codes=_FM_USE_OUTCOME,
         mappers=(map_adjudication,),
         tables=("claim_adjudication", "denial"),
+    ),
+    # mappings.episode: the therapy episode, linked to its referral
+    ResourceSpec(
+        "EpisodeOfCare",
+        default=True,
+        date_params=_frozen({"date": "period"}),
+        date_param="date",
+        read_elements=(
+            "status", "_status", "type", "patient", "careManager", "managingOrganization", "period",
+            "referralRequest",
+        ),
+        required_codes=MappingProxyType({"status": _codes(
+            "planned waitlist active onhold finished cancelled entered-in-error"
+        )}),
+        mappers=(map_episode,),
+        tables=("episode",),
+    ),
+    ResourceSpec(
+        "CarePlan",
+        default=True,
+        date_params=_frozen({"date": "period"}),
+        date_param="date",
+        read_elements=(
+            "status", "_status", "intent", "_intent", "category", "subject", "encounter", "created",
+            "_created", "period", "basedOn", "supportingInfo", "activity", "goal",
+        ),
+        required_codes=MappingProxyType({
+            "status": _REQUEST_STATUS, "intent": _codes("proposal plan order option"),
+        }),
+        mappers=(map_care_plan,),
+        tables=("care_plan",),
+    ),
+    ResourceSpec(
+        "Goal",
+        default=True,
+        date_params=_frozen({"start-date": "startDate", "target-date": "target.dueDate"}),
+        date_param="start-date",
+        read_elements=(
+            "lifecycleStatus", "_lifecycleStatus", "achievementStatus", "description", "category",
+            "subject", "startDate", "_startDate", "startCodeableConcept", "target", "statusDate",
+            "_statusDate", "addresses",
+        ),
+        required_codes=MappingProxyType({"lifecycleStatus": _codes(
+            "proposed planned accepted active on-hold completed cancelled entered-in-error rejected"
+        )}),
+        mappers=(map_goal,),
+        tables=("goal",),
+    ),
+    ResourceSpec(
+        "DocumentReference",
+        default=True,
+        date_params=_frozen({"date": "date", "period": "context.period"}),
+        date_param="date",
+        read_elements=(
+            "status", "_status", "docStatus", "_docStatus", "type", "subject", "date", "_date", "author",
+            "context",
+        ),
+        required_codes=MappingProxyType({
+            "status": _codes("current superseded entered-in-error"),
+            "docStatus": _codes("preliminary final amended entered-in-error"),
+        }),
+        mappers=(map_clinical_note,),
+        tables=("clinical_note",),
     ),
     # mappings.referral_source
     ResourceSpec(

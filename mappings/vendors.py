@@ -3,14 +3,16 @@ stream specs (pure data, no I/O).
 
 From the vendors' public developer documentation:
 
-- **Epic**: no `_lastUpdated` in the CapabilityStatement; ServiceRequest, Encounter, Appointment and Coverage
-  searches need `patient` (a type-level search is a 400); population data comes from Group-level Bulk
+- **Epic**: no `_lastUpdated` in the CapabilityStatement; ServiceRequest, Encounter, Appointment, Coverage
+  and the episode's types (EpisodeOfCare, CarePlan, Goal, DocumentReference) searches need `patient` (a
+  type-level search is a 400); population data comes from Group-level Bulk
   export only (system-level `/$export` is refused).
 - **Oracle Health (Cerner Millennium)**: ServiceRequest needs `patient` or `_id`, other clinical and
   financial types `patient`; `_lastUpdated` takes `ge` / `le` only and a time (a date alone is a 400),
   and cannot be combined with `authored`; ServiceRequest results come on one page, whatever `_count` says.
 - **athenahealth**: every request carries `ah-practice=Organization/a-1.Practice-{practice_id}`;
-  ServiceRequest needs `patient`; `_lastUpdated` takes `gt` / `ge`; `_count` above 100 is clamped.
+  ServiceRequest and the episode's types need `patient`; `_lastUpdated` takes `gt` / `ge`; `_count` above
+  100 is clamped.
 
 `generic` is a server that allows what FHIR R4 describes: type-level searches, every `_lastUpdated`
 prefix, every Bulk level.
@@ -80,6 +82,9 @@ _PATIENT_COMPARTMENT = (
     "DocumentReference",
 )
 
+#: The therapy episode's types: searched per patient by Epic and athenahealth (as by Oracle).
+_EPISODE = ("EpisodeOfCare", "CarePlan", "Goal", "DocumentReference")
+
 GENERIC = VendorProfile(name="generic", title="a generic FHIR R4 server")
 
 EPIC = VendorProfile(
@@ -87,7 +92,7 @@ EPIC = VendorProfile(
     title="Epic",
     recognised_by=("epic",),
     required_params=MappingProxyType(
-        {t: ("patient",) for t in ("ServiceRequest", "Encounter", "Appointment", "Coverage")}
+        {t: ("patient",) for t in ("ServiceRequest", "Encounter", "Appointment", "Coverage", *_EPISODE)}
     ),
     last_updated_prefixes=(),
     bulk_levels=("group",),
@@ -110,7 +115,7 @@ ATHENA = VendorProfile(
     name="athena",
     title="athenahealth",
     recognised_by=("athena",),
-    required_params=MappingProxyType({"ServiceRequest": ("patient",)}),
+    required_params=MappingProxyType({t: ("patient",) for t in ("ServiceRequest", *_EPISODE)}),
     last_updated_prefixes=("gt", "ge"),
     max_count=100,
     fixed_params=MappingProxyType({"ah-practice": "Organization/a-1.Practice-{practice_id}"}),

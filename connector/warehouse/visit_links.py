@@ -8,7 +8,7 @@ link or kind changed. A full refresh (and migration 0013) derive every patient o
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -36,9 +36,12 @@ def _touched(table: Any, endpoint: str, since: datetime | None) -> sa.Select[Any
     return query.where(table.c.loaded_at >= since) if since is not None else query
 
 
-def _patient_chunks(conn: sa.Connection, endpoint: str, since: datetime | None) -> Iterator[list[str]]:
-    """The touched patients in order, `_CHUNK` at a time (keyset paging: nothing is held but one chunk)."""
-    touched = sa.union(_touched(_visit, endpoint, since), _touched(_referral, endpoint, since)).subquery()
+def patient_chunks(
+    conn: sa.Connection, endpoint: str, since: datetime | None, tables: Iterable[Any] = ()
+) -> Iterator[list[str]]:
+    """The patients with a row written since `since` in the visits, referrals or `tables`, in order,
+    `_CHUNK` at a time (keyset paging: nothing is held but one chunk)."""
+    touched = sa.union(*(_touched(t, endpoint, since) for t in (_visit, _referral, *tables))).subquery()
     last = ""
     while True:
         chunk = list(
@@ -55,10 +58,9 @@ def _patient_chunks(conn: sa.Connection, endpoint: str, since: datetime | None) 
         last = chunk[-1]
 
 
-def _facts(
-    conn: sa.Connection, endpoint: str, patients: list[str]
-) -> tuple[list[ReferralFacts], list[VisitFacts]]:
-    referrals = [
+def referral_facts(conn: sa.Connection, endpoint: str, patients: list[str]) -> list[ReferralFacts]:
+    """The patients' referrals (not entered in error) as the linking rules read them."""
+    return [
         ReferralFacts(
             f"ServiceRequest/{row.resource_id}",
             row.patient_ref,
@@ -80,6 +82,12 @@ def _facts(
         )
         if row.authored_on is not None or row.last_updated is not None
     ]
+
+
+def _facts(
+    conn: sa.Connection, endpoint: str, patients: list[str]
+) -> tuple[list[ReferralFacts], list[VisitFacts]]:
+    referrals = referral_facts(conn, endpoint, patients)
     columns = [_visit.c[name] for name in VisitFacts.__slots__]
     visits = [
         VisitFacts(**row._asdict())
@@ -123,7 +131,7 @@ def _derive(conn: sa.Connection, endpoint: str, since: datetime | None, window_d
         )
     )
     changed = 0
-    for patients in _patient_chunks(conn, endpoint, since):
+    for patients in patient_chunks(conn, endpoint, since):
         referrals, visits = _facts(conn, endpoint, patients)
         decided = link_visits(referrals, visits, window_days)
         rows = [
