@@ -165,12 +165,13 @@ def test_task_for_another_server_uses_absolute_references_and_evaluation_update(
         policy=POLICY,
         authored_on=NOW,
         reference_base="https://source.test/fhir",
-        evaluation_scheduled=True,
+        state=("accepted", "evaluation scheduled", None),
     )
     Task.model_validate(task)
     assert task["focus"] == {"reference": "https://source.test/fhir/ServiceRequest/sr1"}
     assert task["for"] == {"reference": "https://source.test/fhir/Patient/p1"}
-    assert (task["status"], task["businessStatus"]["text"]) == ("in-progress", "evaluation scheduled")
+    assert (task["status"], task["businessStatus"]["text"]) == ("accepted", "evaluation scheduled")
+    assert "note" not in task  # the missing intake items belong to the first acknowledgment
 
 
 def test_measures_and_report_are_valid_r4() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -10,7 +11,7 @@ from sqlalchemy.engine import Engine
 
 from connector.config import EndpointSettings
 from connector.errors import ConnectorError
-from connector.pushback import metrics
+from connector.pushback import lifecycle, metrics
 from connector.pushback.resources import (
     COMPOSITE,
     METRICS_BY_CODE,
@@ -23,7 +24,6 @@ from connector.pushback.resources import (
 from connector.warehouse import outbox
 from connector.warehouse.models import Base
 from connector.warehouse.outbox import (
-    EVALUATION_SCHEDULED,
     MEASURE,
     MEASURE_REPORT,
     TASK_CREATE,
@@ -44,8 +44,49 @@ def policy(endpoint: EndpointSettings) -> AckPolicy:
 
 
 def referral_id_of(item: Item) -> str:
-    key = item.item_key.removesuffix(EVALUATION_SCHEDULED)
-    return key.removeprefix("ServiceRequest/")
+    return lifecycle.split_key(item.item_key)[0].removeprefix("ServiceRequest/")
+
+
+def milestone_of(item: Item) -> lifecycle.Milestone | None:
+    """The milestone a Task update moves the Task to (None for the first acknowledgment)."""
+    name = lifecycle.split_key(item.item_key)[1]
+    if name is None:
+        return None
+    if name not in lifecycle.MILESTONES:
+        raise ConnectorError(f"unknown Task milestone {name!r}")
+    return lifecycle.MILESTONES[name]
+
+
+def _rows_of(conn: sa.Connection, table: str, endpoint: str, column: str, value: str) -> list[dict[str, Any]]:
+    t = Base.metadata.tables[table]
+    query = sa.select(t).where(t.c.endpoint == endpoint, t.c[column] == value)
+    return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def referral_life(engine: Engine, endpoint: str, referral: Mapping[str, Any]) -> lifecycle.ReferralLife:
+    """One referral's life as the warehouse knows it now."""
+    ref = f"ServiceRequest/{referral['resource_id']}"
+    with engine.connect() as conn:
+        linked = {
+            table: _rows_of(conn, table, endpoint, "referral_ref", ref)
+            for table in ("visit", "episode", "care_plan", "clinical_note")
+        }
+    return lifecycle.lives(
+        [referral], linked["visit"], linked["episode"], linked["care_plan"], linked["clinical_note"]
+    )[ref]
+
+
+def superseded(engine: Engine, endpoint: str, item: Item) -> str | None:
+    """Why a Task update must not be sent (the Task is already at or past its milestone), else None."""
+    milestone = milestone_of(item) if item.kind == TASK_UPDATE else None
+    if milestone is None:
+        return None
+    ack = outbox.acknowledgment(engine, endpoint, referral_id_of(item))
+    if ack is None:
+        return None
+    if lifecycle.task_rank(ack["task_status"], ack["business_status"]) >= milestone.rank:
+        return f"the Task is already {ack['task_status']} ({ack['business_status']}): never sent backwards"
+    return None
 
 
 def _referral(engine: Engine, endpoint: str, referral_id: str) -> dict[str, Any] | None:
@@ -74,10 +115,15 @@ def resource_for(
         referral = _referral(engine, endpoint.name, referral_id)
         if referral is None:
             raise ConnectorError(f"referral ServiceRequest/{referral_id} is no longer in the warehouse")
-        scheduled = item.kind == TASK_UPDATE
+        milestone = milestone_of(item) if item.kind == TASK_UPDATE else None
         ack = outbox.acknowledgment(engine, endpoint.name, referral_id)
-        if scheduled and ack is None:
+        if item.kind == TASK_UPDATE and ack is None:
             return None
+        state = None
+        if milestone is not None:
+            life = referral_life(engine, endpoint.name, referral)
+            reasons = dict(lifecycle.milestones(life, policy(endpoint)))
+            state = (milestone.status, milestone.business, reasons.get(milestone.name))
         # The Task keeps the time it was first authored; later updates only change its state.
         authored = ack["acknowledged_at"] if ack else now
         task = build_task(
@@ -86,7 +132,7 @@ def resource_for(
             policy=policy(endpoint),
             authored_on=authored,
             reference_base=reference_base,
-            evaluation_scheduled=scheduled,
+            state=state,
         )
         task["lastModified"] = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         return task

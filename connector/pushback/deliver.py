@@ -3,7 +3,8 @@
 - Task (acknowledgment): conditional create, `If-None-Exist: identifier=<system>|<value>`, so a retry after a
   crash or a timeout finds the Task instead of creating a second one. Servers that do not declare
   conditional create are searched by identifier first.
-- Task update (evaluation scheduled): conditional update `PUT Task?identifier=...`, or search + PUT.
+- Task update (a milestone of the referral's life, `pushback.lifecycle`): conditional update
+  `PUT Task?identifier=...`, or search + PUT; never one that would move the Task backwards (skipped).
 - Measure: conditional create on its canonical `url`; servers that cannot search Measure by url get an
   update-as-create on a deterministic id.
 - MeasureReport: conditional update on its identifier; servers that cannot search MeasureReport by
@@ -209,7 +210,8 @@ async def push_endpoint(
     moment = now or datetime.now(UTC)
     target = settings.push_target(endpoint)
     summary = PushSummary(endpoint.name, target.name if target else None)
-    items = outbox.pending(engine, endpoint.name)
+    # A referral's milestones go out in the order of its life, whatever order they were queued in.
+    items = sorted(outbox.pending(engine, endpoint.name), key=_delivery_order)
     if not items:
         return summary
     reference_base = endpoint.base_url if target is not None and target.name != endpoint.name else None
@@ -237,6 +239,11 @@ async def _deliver(
     reference_base: str | None,
 ) -> None:
     try:
+        stale = build.superseded(engine, endpoint.name, item)
+        if stale is not None:
+            outbox.mark_skipped(engine, item, stale)
+            _bump(summary.skipped, item.kind)
+            return
         resource = build.resource_for(engine, endpoint, item, now=now, reference_base=reference_base)
         if resource is None:
             referral = f"ServiceRequest/{build.referral_id_of(item)}"
@@ -298,6 +305,12 @@ async def _deliver(
         acknowledgment=ack,
     )
     _bump(summary.sent, item.kind)
+
+
+def _delivery_order(item: Item) -> tuple[int, int]:
+    kind = outbox.KIND_ORDER.index(item.kind) if item.kind in outbox.KIND_ORDER else len(outbox.KIND_ORDER)
+    milestone = build.milestone_of(item) if item.kind == TASK_UPDATE else None
+    return kind, milestone.rank if milestone else 0
 
 
 def outbox_task_id(engine: Engine, endpoint: str, item: Item) -> str | None:

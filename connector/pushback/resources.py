@@ -157,12 +157,13 @@ def build_task(
     policy: AckPolicy,
     authored_on: datetime,
     reference_base: str | None = None,
-    evaluation_scheduled: bool = False,
+    state: tuple[str, str, str | None] | None = None,
 ) -> dict[str, Any]:
     """The Task acknowledging one referral (a `referral` row). FHIR Workflow: `focus` is the referral.
 
-    `reference_base` makes references absolute when the Task is written to another server than the one
-    holding the ServiceRequest.
+    `state` is (status, businessStatus, statusReason) of a later milestone (`pushback.lifecycle`); without it
+    the Task is the first acknowledgment. `reference_base` makes references absolute when the Task is
+    written to another server than the one holding the ServiceRequest.
     """
     referral_id = str(referral["resource_id"])
     status, reason = acknowledgment_status(referral, policy)
@@ -171,8 +172,8 @@ def build_task(
         bool(referral.get("intake_complete")) if referral.get("intake_complete") is not None else not missing
     )
     business = "intake complete" if complete else "intake incomplete"
-    if evaluation_scheduled and status != "rejected":
-        status, business = "in-progress", "evaluation scheduled"
+    if state is not None:
+        status, business, reason = state
     task: dict[str, Any] = {
         "resourceType": "Task",
         "identifier": [{"system": policy.identifier_system, "value": task_identifier(endpoint, referral_id)}],
@@ -196,7 +197,7 @@ def build_task(
         task["requester"] = {"display": referral["requester_display"]}
     if reason:
         task["statusReason"] = {"text": reason}
-    if missing and not evaluation_scheduled:
+    if missing and state is None:
         task["note"] = [{"text": "Missing intake items: " + ", ".join(missing)}]
     return task
 

@@ -10,18 +10,29 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from connector.config import EndpointSettings, Settings
+from connector.pushback import lifecycle
 from connector.pushback.deliver import PushSummary, push_endpoint
 from connector.pushback.intents import intents
 from connector.pushback.metrics import recent_periods
 from connector.pushback.resources import COMPOSITE, METRICS
 from connector.warehouse import outbox
 from connector.warehouse.engine import begin_write
-from connector.warehouse.models.referrals import Referral, Visit
+from connector.warehouse.models import Base
 
 
 def _rows(conn: sa.Connection, table: Any, columns: list[str], endpoint: str) -> list[dict[str, Any]]:
     query = sa.select(*(table.c[c] for c in columns)).where(table.c.endpoint == endpoint)
     return [dict(r) for r in conn.execute(query).mappings()]
+
+
+#: What the referral's life (`pushback.lifecycle`) reads of each table.
+_LIFE_COLUMNS = {
+    "referral": ["resource_id", "status", "authored_on", "discipline", "intake_complete"],
+    "visit": ["referral_ref", "kind", "status"],
+    "episode": ["referral_ref", "status"],
+    "care_plan": ["referral_ref", "status"],
+    "clinical_note": ["referral_ref", "status", "note_kind"],
+}
 
 
 def queue_acknowledgments(engine: Engine, endpoint: EndpointSettings, now: datetime | None = None) -> int:
@@ -30,18 +41,25 @@ def queue_acknowledgments(engine: Engine, endpoint: EndpointSettings, now: datet
 
     Pages queue them as they are written, but only for what changed: with `push_acknowledgments` turned
     on for an endpoint synced before, the referrals already stored would never be acknowledged. The
-    same rules apply (`pushback.intents`: active referrals authored on or after `acknowledge_since`).
+    same rules apply (`pushback.intents`: active referrals authored on or after `acknowledge_since`), and
+    here, with the whole warehouse at hand, every milestone of a referral's life beyond its Task's state.
     """
     if not endpoint.push_acknowledgments:
         return 0
-    referral: Any = Referral.__table__
-    visit: Any = Visit.__table__
+    tables = Base.metadata.tables
     with begin_write(engine) as conn:
         mapped = {
-            "referral": _rows(conn, referral, ["resource_id", "status", "authored_on"], endpoint.name),
-            "visit": _rows(conn, visit, ["referral_ref", "kind", "status"], endpoint.name),
+            table: _rows(conn, tables[table], columns, endpoint.name)
+            for table, columns in _LIFE_COLUMNS.items()
         }
-        wanted = intents(endpoint, mapped)
+        acks = _rows(
+            conn, tables["acknowledgment"], ["referral_id", "task_status", "business_status"], endpoint.name
+        )
+        ranks = {
+            f"ServiceRequest/{a['referral_id']}": lifecycle.task_rank(a["task_status"], a["business_status"])
+            for a in acks
+        }
+        wanted = intents(endpoint, mapped, ranks)
         if not wanted:
             return 0
         have = outbox.keys(conn, endpoint.name)

@@ -412,24 +412,24 @@ def test_a_second_sync_and_push_create_no_task(pushed: PushedBack) -> None:
     assert len(acknowledgments(pushed.url)) == len(pushed.tasks_final)
 
 
-def test_a_booked_evaluation_moves_the_same_task_to_in_progress(pushed: PushedBack) -> None:
+def test_a_booked_evaluation_moves_the_same_task_to_accepted(pushed: PushedBack) -> None:
     (before,) = by_focus(pushed.tasks_first)["pb-sr-1"]
     (after,) = by_focus(pushed.tasks_final)["pb-sr-1"]
     assert after["id"] == before["id"]
     assert (before["status"], before["businessStatus"]["text"]) == ("received", "intake complete")
-    assert (after["status"], after["businessStatus"]["text"]) == ("in-progress", "evaluation scheduled")
+    assert (after["status"], after["businessStatus"]["text"]) == ("accepted", "evaluation scheduled")
     assert after["meta"]["versionId"] == "2"
     assert after["authoredOn"] == before["authoredOn"]
     Task.model_validate(after)
     history = pushed.fhir.get(f"Task/{after['id']}/_history").raise_for_status().json()
-    assert sorted(e["resource"]["status"] for e in history["entry"]) == ["in-progress", "received"]
+    assert sorted(e["resource"]["status"] for e in history["entry"]) == ["accepted", "received"]
     # Every other Task is untouched.
     others = [t for t in pushed.tasks_final if t["id"] != after["id"]]
     assert {t["meta"]["versionId"] for t in others} == {"1"}
 
     ack = acknowledgments(pushed.url)["pb-sr-1"]
     assert (ack["task_id"], ack["task_version"]) == (after["id"], "2")
-    assert (ack["task_status"], ack["business_status"]) == ("in-progress", "evaluation scheduled")
+    assert (ack["task_status"], ack["business_status"]) == ("accepted", "evaluation scheduled")
     # The first acknowledgment time is kept.
     assert ack["acknowledged_at"] == pushed.acks_first["pb-sr-1"]["acknowledged_at"]
     assert ack["response_hours"] == pushed.acks_first["pb-sr-1"]["response_hours"]

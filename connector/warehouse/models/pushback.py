@@ -52,7 +52,7 @@ class Acknowledgment(Base):
     task_identifier: Mapped[str]
     task_id: Mapped[str | None]
     task_version: Mapped[str | None]
-    #: received | accepted | rejected | in-progress
+    #: received | accepted | in-progress | completed | rejected | cancelled (as last sent)
     task_status: Mapped[str]
     business_status: Mapped[str | None]
     acknowledged_at: Mapped[datetime]
