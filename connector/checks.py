@@ -129,8 +129,10 @@ async def check_endpoint(
                 report.streams.append(
                     StreamCheck(rt, supported, caps.supports_last_updated(capability, rt), mode, reason)
                 )
-                if not supported:
+                if not supported and endpoint.lists(rt):
                     report.problems.append(f"the server does not offer {rt}")
+                elif not supported:
+                    report.notes.append(f"the server does not offer {rt}: not synced (a default type)")
                 elif probe is None:
                     probe = rt
             _check_bulk(endpoint, capability, report)

@@ -507,9 +507,13 @@ def push(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would be sent; send nothing.")
     ] = False,
+    show_phi: Annotated[
+        bool,
+        typer.Option("--show-phi", help="Show the words of case summaries in a dry run (masked by default)."),
+    ] = False,
     json_out: JsonOption = False,
 ) -> None:
-    """Deliver pending acknowledgments (Tasks) and metrics (MeasureReports) to the EMR."""
+    """Deliver pending acknowledgments (Tasks), case summaries and metrics (MeasureReports) to the EMR."""
     from connector.pushback.run import push_round
     from connector.warehouse.engine import ensure_schema, make_engine
 
@@ -523,7 +527,10 @@ def push(
         engine = make_engine(settings.warehouse.url)
         try:
             ensure_schema(engine)
-            return [asyncio.run(push_round(settings, e, engine, dry_run=dry_run)) for e in chosen]
+            return [
+                asyncio.run(push_round(settings, e, engine, dry_run=dry_run, show_phi=show_phi))
+                for e in chosen
+            ]
         finally:
             engine.dispose()
 

@@ -324,6 +324,9 @@ class EndpointSettings(_Strict):
     metrics_period: Literal["week", "month"] = "week"
     #: A push item is marked failed after this many attempts.
     push_max_attempts: int = Field(default=5, ge=1, le=100)
+    #: With `push_acknowledgments`: a case summary to the referrer after the evaluation, at each progress
+    #: report and at discharge, as a Communication or a DocumentReference; never to another server.
+    case_summary: Literal["communication", "document-reference", "off"] = "communication"
     #: Bulk Data $export for backfills: `auto` when the server offers it and a stream has no watermark.
     bulk: Literal["auto", "always", "never"] = "auto"
     #: system (`/$export`), group (`/Group/{bulk_group_id}/$export`) or patient (`/Patient/$export`).
@@ -372,6 +375,36 @@ class EndpointSettings(_Strict):
     @property
     def pushes(self) -> bool:
         return self.push_acknowledgments or self.push_metrics
+
+    def lists(self, resource_type: str) -> bool:
+        """Whether the config names the type in `resources` (not only synced by default)."""
+        return "resources" in self.model_fields_set and resource_type in self.resources
+
+    @property
+    def sends_summaries(self) -> bool:
+        """Case summaries go out: with the acknowledgments, and only to the EMR the referral came from."""
+        return self.push_acknowledgments and self.case_summary != "off" and self.push_endpoint is None
+
+    @property
+    def sends_communications(self) -> bool:
+        return self.sends_summaries and self.case_summary == "communication"
+
+    @property
+    def sends_summary_documents(self) -> bool:
+        return self.sends_summaries and self.case_summary == "document-reference"
+
+    @model_validator(mode="after")
+    def _summaries_stay_home(self) -> EndpointSettings:
+        if (
+            self.push_endpoint is not None
+            and "case_summary" in self.model_fields_set
+            and self.case_summary != "off"
+        ):
+            raise ValueError(
+                "case summaries go only to the EMR the referral came from: with `push_endpoint` set, "
+                'leave `case_summary` out or set it to "off"'
+            )
+        return self
 
     @field_validator("name")
     @classmethod
@@ -821,6 +854,8 @@ owner = "Organization/practice-1"          # the practice; needed when pushing
 # metrics_period = "week"                  # week | month
 # push_endpoint = "other-endpoint"         # write to another configured endpoint's server instead
 # push_max_attempts = 5                    # a push item is marked failed after this many attempts
+# case_summary = "communication"           # communication | document-reference | off: a summary to the
+#                                          # referrer after the evaluation, each progress report, discharge
 # identifier_system = "urn:therapy-fhir-connector:acknowledgment"   # system of the Task / MeasureReport ids
 # measure_base = "https://therapy-fhir-connector.org/fhir/Measure"  # base of the Measures reported on
 

@@ -45,6 +45,7 @@ from connector.sync.endpoint import (
     WindowOutcome,
     advance_window_watermarks,
     plan_endpoint,
+    record_unoffered,
     sweep_deletions,
 )
 from connector.sync.pipeline import StreamResult, run_stream
@@ -353,6 +354,7 @@ async def _sync_streams(
         return _bulk_round(config_path, endpoint.name, types, run.run_id, run.synced_at, capability)
 
     results, failures = await export(plan.bulk)
+    results += record_unoffered(run.engine, run.run_id, endpoint.name, plan.unoffered)
     jobs = [
         StreamJob(config_path, endpoint.name, s.plan, run.run_id, run.synced_at, window=w)
         for s in plan.searched

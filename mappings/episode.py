@@ -103,7 +103,7 @@ def map_episode(resource: dict[str, Any], ctx: MapContext) -> MappedRecords:
 # -- CarePlan -> care_plan ----------------------------------------------------------------------------
 
 
-def _visits_per_week(timing: Any) -> tuple[float | None, float | None]:
+def visits_per_week(timing: Any) -> tuple[float | None, float | None]:
     """(visits per week, weeks) of a Timing's repeat: `frequency` per `period` `periodUnit`, and its
     `boundsDuration` in weeks."""
     repeat = (timing or {}).get("repeat") if isinstance(timing, dict) else None
@@ -129,7 +129,7 @@ def map_care_plan(resource: dict[str, Any], ctx: MapContext) -> MappedRecords:
     details = [a["detail"] for a in activities if isinstance(a.get("detail"), dict)]
     per_week, weeks = None, None
     for detail in details:
-        per_week, weeks = _visits_per_week(detail.get("scheduledTiming"))
+        per_week, weeks = visits_per_week(detail.get("scheduledTiming"))
         if per_week is not None:
             break
     start, end = _period(resource.get("period"), "period")

@@ -59,7 +59,7 @@ class ResourceSpec:
     mappers: tuple[Mapper, ...] = ()
     #: Tables the mappers write.
     tables: tuple[str, ...] = ()
-    #: For `pushed` types: the endpoint switch that makes push-back write them.
+    #: The endpoint switch (a setting or property) that makes push-back write this type.
     pushed_by: str | None = None
 
     def __post_init__(self) -> None:
@@ -268,6 +268,8 @@ SPECS: tuple[ResourceSpec, ...] = (
         }),
         mappers=(map_clinical_note,),
         tables=("clinical_note",),
+        # Also written: the case summary, with `case_summary = "document-reference"`.
+        pushed_by="sends_summary_documents",
     ),
     # mappings.referral_source
     ResourceSpec(
@@ -318,6 +320,14 @@ SPECS: tuple[ResourceSpec, ...] = (
             "intent": _codes(f"unknown proposal {_ORDER_INTENTS}"),
             "priority": _REQUEST_PRIORITY,
         }),
+    ),
+    ResourceSpec(
+        "Communication",
+        role="pushed",
+        pushed_by="sends_communications",
+        required_codes=MappingProxyType({"status": _codes(
+            "preparation in-progress not-done on-hold stopped completed entered-in-error unknown"
+        )}),
     ),
     ResourceSpec(
         "MeasureReport",

@@ -207,6 +207,8 @@ def test_default_scope_adds_directory_reads_with_referrals_and_writes_what_is_pu
         "system/Organization.read",
         "system/Task.read",
         "system/Task.write",
+        "system/Communication.read",  # the case summaries (case_summary = "communication", the default)
+        "system/Communication.write",
         "system/MeasureReport.read",
         "system/MeasureReport.write",
     ]
@@ -217,6 +219,16 @@ def test_default_scope_adds_directory_reads_with_referrals_and_writes_what_is_pu
 def test_default_scope_in_smart_v2_syntax() -> None:
     endpoint = _smart("emr", resources=["Coverage"], push_acknowledgments=True, owner="Organization/p1")
     endpoint["auth"]["scope_version"] = "v2"
+    settings = Settings.model_validate({"endpoints": [endpoint]})
+    assert settings.endpoints[0].auth.scope == "system/Coverage.rs system/Task.crus system/Communication.crus"
+    # Summaries filed as documents write DocumentReference instead; with them off, the Task alone.
+    endpoint["case_summary"] = "document-reference"
+    settings = Settings.model_validate({"endpoints": [endpoint]})
+    assert (
+        settings.endpoints[0].auth.scope
+        == "system/Coverage.rs system/DocumentReference.crus system/Task.crus"
+    )
+    endpoint["case_summary"] = "off"
     settings = Settings.model_validate({"endpoints": [endpoint]})
     assert settings.endpoints[0].auth.scope == "system/Coverage.rs system/Task.crus"
 

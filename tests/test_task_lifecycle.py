@@ -57,7 +57,8 @@ class TaskServer:
 
 
 def push(engine: Engine, server: TaskServer, **endpoint: Any) -> dict[str, int]:
-    s = settings(**endpoint)
+    # The Task alone here; tests/test_case_summary.py sends the case summaries.
+    s = settings(**{"case_summary": "off", **endpoint})
     with respx.mock(base_url=BASE, assert_all_called=False) as mock:
         mock.get("/metadata").respond(json=capability())
         mock.post("/Task").mock(side_effect=server.create)

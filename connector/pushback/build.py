@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from connector.config import EndpointSettings
 from connector.errors import ConnectorError
-from connector.pushback import lifecycle, metrics
+from connector.pushback import lifecycle, metrics, summary
 from connector.pushback.resources import (
     COMPOSITE,
     METRICS_BY_CODE,
@@ -24,12 +25,14 @@ from connector.pushback.resources import (
 from connector.warehouse import outbox
 from connector.warehouse.models import Base
 from connector.warehouse.outbox import (
+    CASE_SUMMARY,
     MEASURE,
     MEASURE_REPORT,
     TASK_CREATE,
     TASK_UPDATE,
     Item,
 )
+from mappings.episode import visits_per_week
 
 
 def policy(endpoint: EndpointSettings) -> AckPolicy:
@@ -50,7 +53,7 @@ def referral_id_of(item: Item) -> str:
 def milestone_of(item: Item) -> lifecycle.Milestone | None:
     """The milestone a Task update moves the Task to (None for the first acknowledgment)."""
     name = lifecycle.split_key(item.item_key)[1]
-    if name is None:
+    if name is None or item.kind != TASK_UPDATE:
         return None
     if name not in lifecycle.MILESTONES:
         raise ConnectorError(f"unknown Task milestone {name!r}")
@@ -77,7 +80,13 @@ def referral_life(engine: Engine, endpoint: str, referral: Mapping[str, Any]) ->
 
 
 def superseded(engine: Engine, endpoint: str, item: Item) -> str | None:
-    """Why a Task update must not be sent (the Task is already at or past its milestone), else None."""
+    """Why an item must never be sent, else None: a Task update at or below the Task's state, a case
+    summary for a referral that names no referrer."""
+    if item.kind == CASE_SUMMARY:
+        referral = _referral(engine, endpoint, referral_id_of(item)) or {}
+        if not _recipient_of(referral):
+            return "the referral names no referrer to send a case summary to"
+        return None
     milestone = milestone_of(item) if item.kind == TASK_UPDATE else None
     if milestone is None:
         return None
@@ -136,6 +145,11 @@ def resource_for(
         )
         task["lastModified"] = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         return task
+    if item.kind == CASE_SUMMARY:
+        facts = case_facts(engine, endpoint, item)
+        if facts is None:
+            return None
+        return summary.build_case_summary(facts, form=endpoint.case_summary, sent=now)
     if item.kind == MEASURE:
         if item.item_key == COMPOSITE:
             return build_composite_measure(endpoint.measure_base)
@@ -155,6 +169,95 @@ def resource_for(
             created=now,
         )
     raise ConnectorError(f"unknown outbox kind {item.kind!r}")
+
+
+def _recipient_of(referral: Mapping[str, Any]) -> str | None:
+    ref = referral.get("requester_ref")
+    return ref if ref and not str(ref).startswith("#") else referral.get("requester_display")
+
+
+def _counts(visits: list[dict[str, Any]]) -> dict[str, int]:
+    # An Encounter of an Appointment is the same visit: counted once, as its Appointment.
+    counted = [v for v in visits if not (v["resource_type"] == "Encounter" and v.get("appointment_ref"))]
+    return {
+        s: sum(1 for v in counted if v["status"] == s) for s in ("fulfilled", "noshow", "cancelled", "booked")
+    }
+
+
+def _referral_payload(engine: Engine, endpoint: str, referral_id: str) -> dict[str, Any]:
+    raw = Base.metadata.tables["raw_resource"]
+    query = sa.select(raw.c.payload).where(
+        raw.c.endpoint == endpoint, raw.c.resource_type == "ServiceRequest", raw.c.resource_id == referral_id
+    )
+    with engine.connect() as conn:
+        payload = conn.execute(query).scalar_one_or_none()
+    if isinstance(payload, str):  # PostgreSQL `json` comes back parsed; be safe with text
+        payload = orjson.loads(payload)
+    return payload if isinstance(payload, dict) else {}
+
+
+def case_facts(engine: Engine, endpoint: EndpointSettings, item: Item) -> summary.CaseFacts | None:
+    """What a case summary says, read from the warehouse now; None while the referral has no Task."""
+    referral_id = referral_id_of(item)
+    referral = _referral(engine, endpoint.name, referral_id)
+    if referral is None:
+        raise ConnectorError(f"referral ServiceRequest/{referral_id} is no longer in the warehouse")
+    ack = outbox.acknowledgment(engine, endpoint.name, referral_id)
+    if ack is None:
+        return None
+    key = lifecycle.split_key(item.item_key)[1] or ""
+    ref = f"ServiceRequest/{referral_id}"
+    with engine.connect() as conn:
+        goals = _rows_of(conn, "goal", endpoint.name, "referral_ref", ref)
+        plans = _rows_of(conn, "care_plan", endpoint.name, "referral_ref", ref)
+        visits = _rows_of(conn, "visit", endpoint.name, "referral_ref", ref)
+    live_goals = [
+        g for g in goals if g.get("lifecycle_status") not in ("cancelled", "entered-in-error", "rejected")
+    ]
+    # The newest plan with a schedule says how often; plans without one say nothing.
+    scheduled = sorted(
+        (p for p in plans if p.get("visits_per_week") is not None and p.get("status") != "entered-in-error"),
+        key=lambda p: (
+            p.get("period_start")
+            or p.get("created_at")
+            or p["last_updated"]
+            or datetime.min.replace(tzinfo=UTC),
+            p["resource_id"],
+        ),
+    )
+    plan = scheduled[-1] if scheduled else {}
+    per_week, weeks = plan.get("visits_per_week"), plan.get("plan_weeks")
+    if per_week is None:  # no plan of care says how often: the referral's own occurrenceTiming may
+        per_week, weeks = visits_per_week(
+            _referral_payload(engine, endpoint.name, referral_id).get("occurrenceTiming")
+        )
+    counts = _counts(visits)
+    return summary.CaseFacts(
+        endpoint=endpoint.name,
+        identifier_system=endpoint.identifier_system,
+        referral_id=referral_id,
+        milestone=lifecycle.summary_milestone(key),
+        key=key,
+        discipline=referral.get("discipline"),
+        owner=policy(endpoint).owner,
+        task_id=ack.get("task_id"),
+        patient_ref=referral.get("patient_ref"),
+        requester_ref=referral.get("requester_ref"),
+        requester_display=referral.get("requester_display"),
+        goals=tuple(
+            summary.GoalFact(g["description"], g.get("achievement_status") or g.get("lifecycle_status"))
+            for g in sorted(
+                live_goals, key=lambda g: (g.get("start_date") is None, g.get("start_date"), g["resource_id"])
+            )
+            if g.get("description")
+        ),
+        visits_per_week=per_week,
+        plan_weeks=weeks,
+        attended=counts["fulfilled"],
+        no_shows=counts["noshow"],
+        cancelled=counts["cancelled"],
+        upcoming=counts["booked"],
+    )
 
 
 def acknowledgment_row(

@@ -5,6 +5,8 @@
   conditional create are searched by identifier first.
 - Task update (a milestone of the referral's life, `pushback.lifecycle`): conditional update
   `PUT Task?identifier=...`, or search + PUT; never one that would move the Task backwards (skipped).
+- Case summary (Communication or DocumentReference): conditional create on its identifier, like the Task;
+  its text is stored masked in the outbox and shown masked by a dry run.
 - Measure: conditional create on its canonical `url`; servers that cannot search Measure by url get an
   update-as-create on a deterministic id.
 - MeasureReport: conditional update on its identifier; servers that cannot search MeasureReport by
@@ -29,9 +31,10 @@ from connector.errors import ConnectorError, FatalFhirError, FhirError, MappingE
 from connector.fhir import capabilities as caps
 from connector.fhir.client import FhirClient
 from connector.pushback import build
+from connector.pushback import summary as case_summary
 from connector.pushback.resources import measure_id, report_id
 from connector.warehouse import outbox
-from connector.warehouse.outbox import MEASURE, MEASURE_REPORT, TASK_CREATE, TASK_UPDATE, Item
+from connector.warehouse.outbox import CASE_SUMMARY, MEASURE, MEASURE_REPORT, TASK_CREATE, TASK_UPDATE, Item
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +208,10 @@ async def push_endpoint(
     dry_run: bool = False,
     transport: httpx.AsyncBaseTransport | None = None,
     now: datetime | None = None,
+    show_phi: bool = False,
 ) -> PushSummary:
-    """Deliver (or, dry, build and show) the endpoint's pending outbox items in delivery order."""
+    """Deliver (or, dry, build and show) the endpoint's pending outbox items in delivery order. A dry run
+    shows a case summary's structure with its text masked, unless `show_phi`."""
     moment = now or datetime.now(UTC)
     target = settings.push_target(endpoint)
     summary = PushSummary(endpoint.name, target.name if target else None)
@@ -219,7 +224,8 @@ async def push_endpoint(
         for item in items:
             resource = build.resource_for(engine, endpoint, item, now=moment, reference_base=reference_base)
             if resource is not None:
-                summary.previews.append((item.kind, item.item_key, resource))
+                shown = resource if show_phi or item.kind != CASE_SUMMARY else case_summary.masked(resource)
+                summary.previews.append((item.kind, item.item_key, shown))
             _bump(summary.waiting, item.kind)
         return summary
     async with FhirClient(target, transport=transport) as client:
@@ -246,6 +252,7 @@ async def _deliver(
             return
         resource = build.resource_for(engine, endpoint, item, now=now, reference_base=reference_base)
         if resource is None:
+            # A Task update or case summary waits for its Task.
             referral = f"ServiceRequest/{build.referral_id_of(item)}"
             if outbox.item_status(engine, endpoint.name, TASK_CREATE, referral) in ("pending", "sent"):
                 # A Task update waits for its Task; nothing is sent and no attempt is counted.
@@ -268,6 +275,10 @@ async def _deliver(
             ack = build.acknowledgment_row(
                 engine, endpoint, item, resource, sent.server_id, sent.server_version, now
             )
+        elif item.kind == CASE_SUMMARY:
+            # Conditional create on the summary's identifier: a retry finds the first one.
+            token = f"{system}|{resource['identifier'][0]['value']}"
+            sent = await create_once(server, resource, "identifier", token)
         elif item.kind == MEASURE:
             sent = await create_once(
                 server, resource, "url", resource["url"], fallback_id=measure_id(resource["url"])
@@ -299,7 +310,8 @@ async def _deliver(
     outbox.mark_sent(
         engine,
         item,
-        payload=resource,
+        # The summary's words went to the EMR; the warehouse keeps its structure only.
+        payload=case_summary.masked(resource) if item.kind == CASE_SUMMARY else resource,
         server_id=sent.server_id,
         server_version=sent.server_version,
         acknowledgment=ack,

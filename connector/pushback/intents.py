@@ -9,7 +9,7 @@ from typing import Any
 from connector.config import EndpointSettings
 from connector.pushback import lifecycle
 from connector.pushback.resources import AckPolicy, acknowledgment_status
-from connector.warehouse.outbox import EVALUATION_SCHEDULED, TASK_CREATE, TASK_UPDATE
+from connector.warehouse.outbox import CASE_SUMMARY, EVALUATION_SCHEDULED, TASK_CREATE, TASK_UPDATE
 
 
 def _policy(endpoint: EndpointSettings) -> AckPolicy:
@@ -32,7 +32,7 @@ def intents(
 
     With `ranks` (`ServiceRequest/<id>` -> where its sent Task stands, `lifecycle.task_rank`), `mapped` is
     the whole warehouse of the endpoint and every milestone of `pushback.lifecycle` beyond a referral's
-    Task is asked for too, for the referrals that have or get a Task.
+    Task is asked for too, for the referrals that have or get a Task, with their case summaries.
     """
     if not endpoint.push_acknowledgments:
         return []
@@ -78,4 +78,8 @@ def intents(
             if lifecycle.MILESTONES[name].rank > current:
                 key = lifecycle.item_key(ref, name)
                 out.append({"endpoint": endpoint.name, "kind": TASK_UPDATE, "item_key": key})
+        if endpoint.sends_summaries:
+            for summary in lifecycle.summaries(life, policy):
+                key = lifecycle.item_key(ref, summary)
+                out.append({"endpoint": endpoint.name, "kind": CASE_SUMMARY, "item_key": key})
     return out

@@ -75,6 +75,8 @@ class ReferralLife:
     episode_statuses: set[str] = field(default_factory=set)
     plan_statuses: set[str] = field(default_factory=set)
     note_kinds: set[str] = field(default_factory=set)
+    #: Ids of its progress notes (DocumentReference): one case summary each.
+    progress_notes: set[str] = field(default_factory=set)
 
 
 def lives(
@@ -110,6 +112,8 @@ def lives(
         found = life(note.get("referral_ref"))
         if found and note.get("status") != "entered-in-error":
             found.note_kinds.add(note.get("note_kind") or "other")
+            if note.get("note_kind") == "progress" and note.get("resource_id"):
+                found.progress_notes.add(str(note["resource_id"]))
     return out
 
 
@@ -154,3 +158,32 @@ def completion_reason(life: ReferralLife) -> str | None:
     if life.status == "completed":
         return "referral completed"
     return None
+
+
+#: Case summary milestones (`pushback.summary`), as outbox key suffixes.
+SUMMARY_EVALUATION = "summary:evaluation"
+SUMMARY_PROGRESS = "summary:progress:"
+SUMMARY_DISCHARGE = "summary:discharge"
+
+
+def summaries(life: ReferralLife, policy: AckPolicy | None) -> list[str]:
+    """The case summaries the referral's life calls for: after the evaluation, one per progress note, at
+    discharge; none for a declined or withdrawn referral."""
+    reached = [name for name, _ in milestones(life, policy)]
+    if not reached or reached[0] in ("rejected", "cancelled"):
+        return []
+    out = [SUMMARY_EVALUATION] if "in-progress" in reached else []
+    out += [f"{SUMMARY_PROGRESS}{note}" for note in sorted(life.progress_notes)]
+    out += [SUMMARY_DISCHARGE] if "completed" in reached else []
+    return out
+
+
+def summary_milestone(key: str) -> str:
+    """evaluation / progress / discharge of a summary key suffix."""
+    if key == SUMMARY_EVALUATION:
+        return "evaluation"
+    if key.startswith(SUMMARY_PROGRESS):
+        return "progress"
+    if key == SUMMARY_DISCHARGE:
+        return "discharge"
+    raise ValueError(f"unknown case summary {key!r}")

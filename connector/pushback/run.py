@@ -31,7 +31,7 @@ _LIFE_COLUMNS = {
     "visit": ["referral_ref", "kind", "status"],
     "episode": ["referral_ref", "status"],
     "care_plan": ["referral_ref", "status"],
-    "clinical_note": ["referral_ref", "status", "note_kind"],
+    "clinical_note": ["referral_ref", "status", "note_kind", "resource_id"],
 }
 
 
@@ -91,6 +91,9 @@ async def push_round(
     dry_run: bool = False,
     transport: httpx.AsyncBaseTransport | None = None,
     now: datetime | None = None,
+    show_phi: bool = False,
 ) -> PushSummary:
     queue_round(engine, endpoint, now)
-    return await push_endpoint(settings, endpoint, engine, dry_run=dry_run, transport=transport, now=now)
+    return await push_endpoint(
+        settings, endpoint, engine, dry_run=dry_run, transport=transport, now=now, show_phi=show_phi
+    )

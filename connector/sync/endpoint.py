@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 
 from connector.config import EndpointSettings, RuntimeSettings
 from connector.errors import ConnectorError, MappingError
+from connector.fhir import capabilities as caps
 from connector.fhir.client import FhirClient
 from connector.fhir.history import deleted_since, supports_history
 from connector.streams import Plan, plan_stream, stream_for
@@ -41,6 +42,8 @@ class EndpointPlan:
     bulk: list[str] = field(default_factory=list)
     #: Per stream: read `_history` for deletions since then, after the run.
     sweeps: dict[str, datetime] = field(default_factory=dict)
+    #: Default streams the server's CapabilityStatement does not list: not searched (`skipped`).
+    unoffered: list[str] = field(default_factory=list)
 
 
 async def plan_endpoint(
@@ -56,7 +59,13 @@ async def plan_endpoint(
     """Decide how each stream runs. `full_refresh` forgets the streams' watermarks first."""
     out = EndpointPlan()
     pending = endpoint.is_server and bulk_state.pending_export(engine, endpoint.name) is not None
+    offered = caps.resource_types(capability or {})
     for resource_type in resource_types:
+        if offered and resource_type not in offered and not endpoint.lists(resource_type):
+            # A type synced by default that this server does not have (sekmet has no Goal): nothing to
+            # read, and not the user's mistake. A type the config names is searched and fails loudly.
+            out.unoffered.append(resource_type)
+            continue
         plan = plan_stream(endpoint, stream_for(resource_type), capability)
         if full_refresh:
             state.reset_watermark(engine, endpoint.name, resource_type)
@@ -73,6 +82,22 @@ async def plan_endpoint(
         windows = await plan_windows(client, plan, endpoint, runtime, watermark_at)
         out.searched.append(StreamPlan(plan, tuple(windows)))
     return out
+
+
+UNOFFERED = "the server's CapabilityStatement does not list it"
+
+
+def record_unoffered(
+    engine: Engine, run_id: str, endpoint: str, resource_types: Sequence[str]
+) -> list[StreamResult]:
+    """A `skipped` result (and sync_run row) for each default stream the server does not offer."""
+    results = []
+    for resource_type in resource_types:
+        log.info("%s/%s: not synced: %s", endpoint, resource_type, UNOFFERED)
+        result = StreamResult(endpoint, resource_type, "search", status="skipped", error=UNOFFERED)
+        state.finish_run(engine, state.start_run(engine, run_id, endpoint, resource_type), result)
+        results.append(result)
+    return results
 
 
 async def sweep_deletions(

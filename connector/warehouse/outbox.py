@@ -23,10 +23,12 @@ _ACK: sa.Table = Acknowledgment.__table__  # type: ignore[assignment]
 
 TASK_CREATE = "task-create"
 TASK_UPDATE = "task-update"
+CASE_SUMMARY = "case-summary"
 MEASURE = "measure"
 MEASURE_REPORT = "measure-report"
-#: Delivery order: Measures before the reports that point to them, a Task before its update.
-KIND_ORDER = (MEASURE, TASK_CREATE, TASK_UPDATE, MEASURE_REPORT)
+#: Delivery order: Measures before the reports that point to them, a Task before its update and before
+#: the case summaries that are `about` it.
+KIND_ORDER = (MEASURE, TASK_CREATE, TASK_UPDATE, CASE_SUMMARY, MEASURE_REPORT)
 EVALUATION_SCHEDULED = "#evaluation-scheduled"
 
 
