@@ -410,6 +410,7 @@ def _sample_data(*, source: str) -> dict[str, Any]:
             ),
             "steps": [],
         },
+        "loop": {"referrals": 0, "sources": []},
         "sources": [],
         "eligibility": {"months": [], "patients": 0, "verified": 0, "rate": None},
         "prior_auth": {

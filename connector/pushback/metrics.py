@@ -68,6 +68,7 @@ def compute(engine: Engine, endpoint: str, start: datetime, end: datetime) -> li
         )
         denied_lines, adjudicated_lines = _rows(conn, _DENIAL_SQL, params)[0]
         turnaround = _rows(conn, _TURNAROUND_SQL, params)
+        loop = [bool(r[0]) for r in _rows(conn, _LOOP_SQL, params)]
     total = len(referrals)
     # Checked "on or before the visit" compares UTC calendar days, as v_eligibility_before_first_visit does.
     checked = sum(1 for visit, check in first_visits if check is not None and check.date() <= visit.date())
@@ -79,6 +80,7 @@ def compute(engine: Engine, endpoint: str, start: datetime, end: datetime) -> li
         _proportion("eligibility-before-first-visit", checked, len(first_visits)),
         _proportion("denial-rate", int(denied_lines or 0), int(adjudicated_lines or 0)),
         _median("prior-auth-median-turnaround", [float(r[0]) for r in turnaround if r[0] is not None]),
+        _proportion("referrer-updated-within-7-days", sum(loop), len(loop)),
     ]
 
 
@@ -127,4 +129,10 @@ SELECT
 _TURNAROUND_SQL = """
 SELECT turnaround_days FROM prior_authorization
 WHERE endpoint = :endpoint AND decided_at >= :start AND decided_at < :end AND turnaround_days IS NOT NULL
+"""
+
+# Evaluations attended in the period, and whether the referrer heard back within 7 days (v_referral_loop).
+_LOOP_SQL = """
+SELECT updated_within_7_days FROM v_referral_loop
+WHERE endpoint = :endpoint AND evaluation_attended_at >= :start AND evaluation_attended_at < :end
 """

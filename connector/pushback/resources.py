@@ -81,6 +81,14 @@ METRICS: tuple[Metric, ...] = (
         "d",
         "Median days from a prior-authorization request to its decision, for decisions in the period.",
     ),
+    Metric(
+        "referrer-updated-within-7-days",
+        "Referrers updated within 7 days of the evaluation",
+        "proportion",
+        "%",
+        "Share of the evaluations attended in the period whose referrer got an update (a Task milestone or a"
+        " case summary) within 7 days.",
+    ),
 )
 METRICS_BY_CODE = {m.code: m for m in METRICS}
 

@@ -209,24 +209,61 @@ _WEEKLY_STEPS = (
 )
 
 
-def _received_in(conn: Connection, period: Period, endpoints: Sequence[str] | None) -> list[dict[str, Any]]:
-    """The `v_referral_facts` rows of the referrals received on the period's days (UTC), ends included."""
+def _received_bounds(conn: Connection, period: Period) -> dict[str, Any]:
+    """`:start` / `:end` of the period's days (UTC), ends included, as the dialect compares `received_at`."""
     start = datetime.combine(period.start, datetime.min.time(), UTC)
     end = start + timedelta(days=(period.end - period.start).days + 1)
     # SQLite keeps timestamps as naive UTC text, which compares as text; PostgreSQL compares timestamptz.
-    bounds: tuple[Any, Any] = (
-        (start.strftime("%Y-%m-%d %H:%M:%S"), end.strftime("%Y-%m-%d %H:%M:%S"))
-        if conn.dialect.name == "sqlite"
-        else (start, end)
-    )
+    if conn.dialect.name == "sqlite":
+        return {"start": start.strftime("%Y-%m-%d %H:%M:%S"), "end": end.strftime("%Y-%m-%d %H:%M:%S")}
+    return {"start": start, "end": end}
+
+
+def _received_in(conn: Connection, period: Period, endpoints: Sequence[str] | None) -> list[dict[str, Any]]:
+    """The `v_referral_facts` rows of the referrals received on the period's days (UTC), ends included."""
     steps = ", ".join(f"days_{c.removeprefix('median_days_')}" for c in _DAYS)
     return _rows(
         conn,
         "SELECT endpoint, source, discipline, received_at, intake_complete, acknowledged_at, scheduled, "
         f"attended, {steps} FROM v_referral_facts WHERE received_at >= :start AND received_at < :end",
         endpoints,
-        {"start": bounds[0], "end": bounds[1]},
+        _received_bounds(conn, period),
     )
+
+
+def _loop_totals(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    evaluated = [r for r in rows if r["evaluation_attended_at"] is not None]
+    updated = sum(_int(r["updated_within_7_days"]) for r in evaluated)
+    return {
+        "referrals": len(rows),
+        "evaluated": len(evaluated),
+        "updated_within_7_days": updated,
+        "share_updated_within_7_days": _rate(updated, len(evaluated)),
+        "median_days_to_first_update": _median(
+            float(r["days_to_first_update"]) for r in rows if r["days_to_first_update"] is not None
+        ),
+        "summaries_sent": sum(_int(r["summaries_sent"]) for r in rows),
+        "task_updates_sent": sum(_int(r["task_updates_sent"]) for r in rows),
+    }
+
+
+def _loop(conn: Connection, period: Period, endpoints: Sequence[str] | None) -> dict[str, Any]:
+    """Closing the loop, for the referrals received in the period (the KPIs' referrals): the whole period
+    and its top sources by evaluations."""
+    rows = _rows(
+        conn,
+        "SELECT endpoint, source, evaluation_attended_at, days_to_first_update, updated_within_7_days, "
+        "summaries_sent, task_updates_sent FROM v_referral_loop "
+        "WHERE received_at >= :start AND received_at < :end",
+        endpoints,
+        _received_bounds(conn, period),
+    )
+    per_source: defaultdict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for row in rows:
+        per_source[row["source"] or "unknown"].append(row)
+    sources = [{"source": name, **_loop_totals(group)} for name, group in per_source.items()]
+    sources.sort(key=lambda s: (-s["evaluated"], -s["referrals"], s["source"]))
+    return {**_loop_totals(rows), "sources": sources[:TOP_SOURCES_TABLE]}
 
 
 def _counts(fact: Mapping[str, Any]) -> dict[str, int]:
@@ -617,6 +654,7 @@ def collect(
             "currency": main_currency(conn),
             "referrals_weekly": _weekly(facts, period),
             "funnel": _funnel(facts),
+            "loop": _loop(conn, period, endpoints),
             "sources": _sources(conn, endpoints),
             "eligibility": _eligibility(conn, period, endpoints),
             "prior_auth": _prior_auth(conn, period, endpoints, names),

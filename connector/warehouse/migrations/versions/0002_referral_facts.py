@@ -280,6 +280,12 @@ _FACT_COLUMNS = (
 )
 
 
+def facts_with(d: str, *, acknowledgments: bool, names: bool) -> str:
+    """The WITH clause of the referral views (`ref`, `ev`, `milestones`, `facts`), for later views that
+    add their own CTEs to it (migration 0017)."""
+    return _facts(d, acknowledgments, names)
+
+
 def facts_sql(*, acknowledgments: bool, names: bool) -> dict[str, str]:
     """Dialect -> SELECT of `v_referral_facts` (migration 0015): the views' `facts`, one row per referral."""
     return {d: f"{_facts(d, acknowledgments, names)}\nSELECT {_FACT_COLUMNS} FROM facts" for d in DIALECTS}
