@@ -3,8 +3,9 @@
 The data is the official HL7 FHIR R4 examples (hl7.fhir.r4.examples 4.0.1, CC0-1.0; read from
 ../shared/fhir-samples, or --samples) plus generated therapy referrals for a fictional practice:
 ServiceRequests for physical, occupational and speech therapy with their Coverage, Appointments,
-Encounters, eligibility responses, prior authorizations, claims and remittances. Patients appear only as
-`Patient/demo-<n>` references: the demo data holds no patient names, addresses or birth dates. The HL7
+Encounters, eligibility responses, prior authorizations, claims and remittances, and for each attended
+evaluation its episode of care, plan of care, functional goals and note metadata (no note text).
+Patients appear only as `Patient/demo-<n>` references: the demo data holds no patient names, addresses or birth dates. The HL7
 examples (dated 2011-2018) are moved by whole days into the generated data's 16 weeks (see `redate`).
 
 Deterministic: a seeded random generator and a fixed "now" (2026-11-01), and gzip headers without a
@@ -156,6 +157,29 @@ REFERRER_ORGS = [
 THERAPISTS = ["Sam Rivera, PT", "Kim Novak, PT, DPT", "Lee Anders, OTR/L", "Pat Quinn, CCC-SLP"]
 PAYERS = ["Acme Health Plan", "Blue Valley Insurance", "Medicare (demo)", "State Medicaid (demo)"]
 PRACTICE = "Bright Path Therapy (demo)"
+GOAL_ACHIEVEMENT = "http://terminology.hl7.org/CodeSystem/goal-achievement"
+LOINC = "http://loinc.org"
+#: Functional goals a therapist writes, per discipline.
+GOALS = {
+    "PT": [
+        "Walk 500 ft without an assistive device",
+        "Climb one flight of stairs with a rail",
+        "Return to running 20 minutes without pain",
+        "Lift 20 lb from floor to waist",
+    ],
+    "OT": [
+        "Dress the upper body independently",
+        "Prepare a simple meal safely",
+        "Grip strength enough to open jars",
+    ],
+    "SLP": [
+        "Swallow thin liquids safely",
+        "Name 20 common objects",
+        "Speak in 5-word sentences",
+    ],
+}
+#: Types only the generator writes (the HL7 samples have none of these).
+EPISODE_TYPES = ("EpisodeOfCare", "CarePlan", "Goal", "DocumentReference")
 
 
 def iso(moment: datetime, tz: timezone = UTC) -> str:
@@ -687,6 +711,125 @@ class DemoBuilder:
                     }
                 )
 
+    # -- the therapy episode ------------------------------------------------------------------------
+    def episodes(self) -> None:
+        """For each attended evaluation: its episode, plan of care, functional goals and note metadata (no
+        note text: the attachments point to Binaries the demo does not hold). A random generator of its
+        own, so the rest of the data set stays as it was."""
+        rng = random.Random(SEED + 26)
+        for n, fact in enumerate(self.encounter_facts, 1):
+            sr = {"reference": f"ServiceRequest/{fact['id']}"}
+            patient = {"reference": f"Patient/demo-{fact['patient']}"}
+            discipline = concept(SNOMED, *DISCIPLINES[fact["discipline"]]["snomed"])
+            weeks = rng.choice([4, 6, 8])
+            per_week = rng.choice([1, 2, 2, 3])
+            end = fact["start"] + timedelta(weeks=weeks)
+            finished = end <= NOW and rng.random() < 0.8
+            self.add(
+                {
+                    "resourceType": "EpisodeOfCare",
+                    "id": f"demo-ep-{n}",
+                    "meta": meta(2 if finished else 1, end if finished else fact["start"]),
+                    "status": "finished" if finished else "active",
+                    "type": [discipline],
+                    "patient": patient,
+                    "managingOrganization": {"reference": "Organization/demo-practice"},
+                    "period": {"start": iso(fact["start"]), **({"end": iso(end)} if finished else {})},
+                    "referralRequest": [sr],
+                }
+            )
+            goal_ids = []
+            for g, text in enumerate(rng.sample(GOALS[fact["discipline"]], k=rng.choice([1, 2])), 1):
+                goal_id = f"demo-goal-{n}-{g}"
+                goal_ids.append(goal_id)
+                achieved = (
+                    "achieved"
+                    if finished and rng.random() < 0.7
+                    else rng.choice(["in-progress", "improving"])
+                )
+                self.add(
+                    {
+                        "resourceType": "Goal",
+                        "id": goal_id,
+                        "meta": meta(1, fact["start"]),
+                        "lifecycleStatus": "completed" if achieved == "achieved" else "active",
+                        "achievementStatus": concept(GOAL_ACHIEVEMENT, achieved),
+                        "description": {"text": text},
+                        "subject": patient,
+                        "startDate": day(fact["start"]),
+                        "target": [{"dueDate": day(end)}],
+                        "addresses": [sr],
+                    }
+                )
+            self.add(
+                {
+                    "resourceType": "CarePlan",
+                    "id": f"demo-cp-{n}",
+                    "meta": meta(1, fact["start"]),
+                    "status": "completed" if finished else "active",
+                    "intent": "plan",
+                    "category": [discipline],
+                    "subject": patient,
+                    "encounter": {"reference": f"Encounter/{fact['encounter']}"},
+                    "period": {"start": day(fact["start"]), "end": day(end)},
+                    "goal": [{"reference": f"Goal/{g}"} for g in goal_ids],
+                    "activity": [
+                        {
+                            "reference": sr,
+                            "detail": {
+                                "status": "completed" if finished else "in-progress",
+                                "code": concept(CPT, *DISCIPLINES[fact["discipline"]]["treatment"]),
+                                "scheduledTiming": {
+                                    "repeat": {
+                                        "frequency": per_week,
+                                        "period": 1,
+                                        "periodUnit": "wk",
+                                        "boundsDuration": {"value": weeks, "unit": "wk", "code": "wk"},
+                                    }
+                                },
+                            },
+                        }
+                    ],
+                }
+            )
+            notes: list[tuple[str, str, str | None, datetime]] = [
+                ("eval", f"{fact['discipline']} Initial Evaluation", None, fact["end"])
+            ]
+            middle = fact["start"] + timedelta(weeks=weeks // 2)
+            if middle <= NOW and rng.random() < 0.6:
+                notes.append(("progress", "Progress note", "11506-3", middle))
+            if finished:
+                notes.append(("discharge", "Discharge summary", "18842-5", end))
+            for kind, text, loinc, written in notes:
+                codes: list[dict[str, Any]] = concept(LOINC, loinc, text)["coding"] if loinc else []
+                self.add(
+                    {
+                        "resourceType": "DocumentReference",
+                        "id": f"demo-doc-{n}-{kind}",
+                        "meta": meta(1, written),
+                        "status": "current",
+                        "docStatus": "final",
+                        "type": {"coding": codes, "text": text} if codes else {"text": text},
+                        "subject": patient,
+                        "date": iso(written),
+                        "author": [{"reference": "Organization/demo-practice"}],
+                        "content": [
+                            {
+                                "attachment": {
+                                    "contentType": "application/pdf",
+                                    "url": f"Binary/demo-doc-{n}-{kind}",
+                                }
+                            }
+                        ],
+                        "context": {
+                            "encounter": [{"reference": f"Encounter/{fact['encounter']}"}]
+                            if kind == "eval"
+                            else [],
+                            "related": [sr],
+                        },
+                    }
+                )
+
     def build(self) -> dict[str, list[dict[str, Any]]]:
         self.directory()
         self.coverages()
@@ -696,6 +839,7 @@ class DemoBuilder:
         self.eligibility()
         self.prior_authorizations()
         self.claims()
+        self.episodes()
         return self.out
 
 
@@ -795,7 +939,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     counts: Counter[str] = Counter()
     total_bytes = 0
-    for rtype in SAMPLE_TYPES:
+    for rtype in (*SAMPLE_TYPES, *EPISODE_TYPES):
         rows = samples.get(rtype, []) + generated.get(rtype, [])
         total_bytes += write_gzip_ndjson(args.out / f"{rtype}.ndjson.gz", rows)
         counts[rtype] = len(rows)

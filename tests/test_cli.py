@@ -43,6 +43,7 @@ def test_demo_end_to_end_twice(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr
     assert "Sync summary" in first.stdout
     assert "New referrals per week" in first.stdout
+    assert "Closing the loop with referrers" in first.stdout
     db = tmp_path / "demo-warehouse.db"
     assert db.exists()
     # The .db file alone is the warehouse: its write-ahead log was folded into it.
@@ -66,12 +67,33 @@ def test_demo_end_to_end_twice(tmp_path: Path) -> None:
             sa.text("select count(*) from referral where patient_ref not like 'Patient/%'")
         )
         unnamed_count = unnamed.scalar_one()
+        # The demo's episodes: every attended evaluation has its plan, goals and notes, linked to its
+        # referral; their milestones and summaries wait in the outbox (a folder has no EMR to send them to).
+        loop = conn.execute(
+            sa.text(
+                "select count(*), sum(updates_waiting), sum(summaries_sent) from v_referral_loop "
+                "where evaluation_attended_at is not null"
+            )
+        ).one()
+        unlinked = conn.execute(
+            sa.text(
+                "select (select count(*) from episode where referral_ref is null) + "
+                "(select count(*) from care_plan where referral_ref is null) + "
+                "(select count(*) from goal where referral_ref is null) + "
+                "(select count(*) from clinical_note where referral_ref is null)"
+            )
+        ).scalar_one()
         # The demo's report covers the data's weeks, so it counts every referral of the demo.
         as_of, period = activity_weeks(engine) or (None, "")
     assert period == "17w"  # July 12 - November 1 2026: the Sunday before 16 whole weeks
     assert as_of is not None
     shown = collect(engine, parse_period(period, as_of))
     assert shown["funnel"]["totals"]["received"] == referrals
+    assert loop[0] > 50
+    assert loop[1] > loop[0]  # an evaluated referral has at least a Task milestone and a summary waiting
+    assert loop[2] == 0
+    assert unlinked == 0
+    assert shown["loop"]["evaluated"] == loop[0]
     assert sum(week["referrals"] for week in shown["referrals_weekly"]["totals"]) == referrals
     engine.dispose()
     # Nothing is lost: every ServiceRequest in the sample data is a referral or a dead letter.

@@ -29,6 +29,10 @@ TYPES = (
     "CoverageEligibilityResponse",
     "Practitioner",
     "Organization",
+    "EpisodeOfCare",
+    "CarePlan",
+    "Goal",
+    "DocumentReference",
 )
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 

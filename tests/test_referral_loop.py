@@ -87,6 +87,12 @@ def loop(engine: Engine) -> Engine:
                 # Not updates: the first acknowledgment, and an item that was never delivered.
                 _sent(5, "task-create", "ServiceRequest/r4", 0.5),
                 {**_sent(6, "case-summary", "ServiceRequest/r4#summary:evaluation", 5), "status": "failed"},
+                # Queued, not sent yet: waiting, not an update.
+                {
+                    **_sent(7, "task-update", "ServiceRequest/r4#in-progress", 5),
+                    "status": "pending",
+                    "sent_at": None,
+                },
             ],
         )
     return engine
@@ -104,14 +110,15 @@ def test_per_referral(loop: Engine) -> None:
                 r.task_updates_sent,
                 r.summaries_sent,
                 r.updated_within_7_days,
+                r.updates_waiting,
             )
             for r in conn.execute(sa.text("SELECT * FROM v_referral_loop"))
         }
     assert rows == {
-        "r1": (1.0, 1, 1, 1),
-        "r2": (12.0, 0, 1, 0),
-        "r3": (1.0, 1, 0, None),
-        "r4": (None, 0, 0, 0),
+        "r1": (1.0, 1, 1, 1, 0),
+        "r2": (12.0, 0, 1, 0, 0),
+        "r3": (1.0, 1, 0, None, 0),
+        "r4": (None, 0, 0, 0, 1),
     }
 
 

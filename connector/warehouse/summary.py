@@ -50,6 +50,20 @@ SECTIONS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
         ),
     ),
     (
+        "Closing the loop with referrers (a folder sends nothing: the updates wait for an EMR)",
+        "SELECT month, SUM(referrals), SUM(evaluations_attended), SUM(updated_within_7_days), "
+        "SUM(summaries_sent), SUM(updates_waiting) FROM v_referral_loop_by_source "
+        "GROUP BY month ORDER BY month DESC LIMIT 6",
+        (
+            ("month", "text"),
+            ("referrals", "count"),
+            ("evaluated", "count"),
+            ("updated within 7 days", "count"),
+            ("case summaries sent", "count"),
+            ("updates waiting", "count"),
+        ),
+    ),
+    (
         "Top referral sources (last 90 days)",
         "SELECT source, source_type, referrals_last_90_days, referrals_prior_90_days, conversion_rate, "
         "incomplete_intake_share FROM v_referral_sources ORDER BY referrals_last_90_days DESC LIMIT 8",

@@ -55,6 +55,13 @@ updates AS (
     FROM sent
     GROUP BY endpoint, referral_ref
 ),
+waiting AS (
+    SELECT endpoint, {_referral_of_key(d)} AS referral_ref, COUNT(*) AS updates_waiting
+    FROM outbox
+    WHERE status = 'pending' AND kind IN ('task-update', 'case-summary')
+        AND item_key LIKE 'ServiceRequest/%#%'
+    GROUP BY endpoint, {_referral_of_key(d)}
+),
 after_evaluation AS (
     SELECT s.endpoint, s.referral_ref, MIN(s.sent_at) AS updated_at
     FROM sent s
@@ -79,6 +86,7 @@ SELECT
     COALESCE(u.task_updates_sent, 0) AS task_updates_sent,
     COALESCE(u.summaries_sent, 0) AS summaries_sent,
     COALESCE(u.task_updates_sent, 0) + COALESCE(u.summaries_sent, 0) AS milestones_sent,
+    COALESCE(w.updates_waiting, 0) AS updates_waiting,
     CASE WHEN m.attended_at IS NULL THEN NULL
          WHEN ae.updated_at IS NOT NULL AND ae.updated_at <= {within} THEN 1 ELSE 0 END
         AS updated_within_7_days
@@ -86,6 +94,7 @@ FROM ref
 LEFT JOIN milestones m ON m.endpoint = ref.endpoint AND m.referral_ref = ref.referral_ref
 LEFT JOIN updates u ON u.endpoint = ref.endpoint AND u.referral_ref = ref.referral_ref
 LEFT JOIN after_evaluation ae ON ae.endpoint = ref.endpoint AND ae.referral_ref = ref.referral_ref
+LEFT JOIN waiting w ON w.endpoint = ref.endpoint AND w.referral_ref = ref.referral_ref
 WHERE ref.received_at IS NOT NULL
 """
 
@@ -106,7 +115,8 @@ FROM (
         SUM(CASE WHEN acknowledged_at IS NOT NULL THEN 1 ELSE 0 END) AS acknowledged,
         SUM(CASE WHEN evaluation_attended_at IS NOT NULL THEN 1 ELSE 0 END) AS evaluations_attended,
         SUM(COALESCE(updated_within_7_days, 0)) AS updated_within_7_days,
-        SUM(summaries_sent) AS summaries_sent
+        SUM(summaries_sent) AS summaries_sent,
+        SUM(updates_waiting) AS updates_waiting
     FROM v_referral_loop
     GROUP BY endpoint, source_ref, source, source_type, month
 ) c
