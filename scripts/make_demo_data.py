@@ -6,8 +6,8 @@ ServiceRequests for physical, occupational and speech therapy with their Coverag
 Encounters, eligibility responses, prior authorizations, claims and remittances, and for each attended
 evaluation its episode of care, plan of care, functional goals and note metadata (no note text).
 Patients appear only as `Patient/demo-<n>` references: the demo data holds no patient names, addresses or
-birth dates. The HL7
-examples (dated 2011-2018) are moved by whole days into the generated data's 16 weeks (see `redate`).
+birth dates. The HL7 examples (dated 2011-2018) are moved by whole days into the generated data's 16 weeks
+(see `redate`).
 
 Deterministic: a seeded random generator and a fixed "now" (2026-11-01), and gzip headers without a
 timestamp, so re-running the script yields byte-identical files. A handful of ServiceRequests are
