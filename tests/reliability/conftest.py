@@ -45,6 +45,8 @@ def service_request(n: int) -> dict[str, Any]:
         "intent": "order",
         "subject": {"reference": f"Patient/p{n % 17}"},
         "authoredOn": "2026-09-01",
+        # The referrer, who gets the case summaries.
+        "requester": {"reference": "Practitioner/dr1"},
     }
     if n % 50 == 7:
         del resource["subject"]  # a dead letter
@@ -74,6 +76,10 @@ class FaultServer:
         self.blocked = threading.Event()
         self.release = threading.Event()
         self.tasks: dict[str, dict[str, Any]] = {}
+        #: Case summaries, by identifier token, and every Task PUT (the Task milestones), in order.
+        self.communications: dict[str, dict[str, Any]] = {}
+        self.task_puts: list[tuple[str, str]] = []
+        #: POSTs of Tasks and Communications, counted together (`block_post` numbers them).
         self.task_posts = 0
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -109,6 +115,9 @@ class FaultServer:
 
             def do_POST(self) -> None:
                 fake.post(self)
+
+            def do_PUT(self) -> None:
+                fake.put(self)
 
         return Handler
 
@@ -236,11 +245,29 @@ class FaultServer:
         else:
             raise AssertionError(f"unknown fault {fault!r}")
 
+    def put(self, h: BaseHTTPRequestHandler) -> None:
+        """Conditional update of a Task (`PUT Task?identifier=...`): a milestone of its referral's life."""
+        body = orjson.loads(h.rfile.read(int(h.headers.get("Content-Length", "0"))))
+        parts = urlsplit(h.path)
+        key = dict(parse_qsl(parts.query)).get("identifier", "")
+        with self.lock:
+            old = self.tasks.get(key)
+            if parts.path != "/fhir/Task" or old is None:
+                self.send(h, 404, orjson.dumps({"resourceType": "OperationOutcome"}))
+                return
+            version = str(int(old["meta"]["versionId"]) + 1)
+            self.tasks[key] = body | {"id": old["id"], "meta": {"versionId": version}}
+            self.task_puts.append((key, body["status"]))
+            answer = self.tasks[key]
+        self.send(h, 200, orjson.dumps(answer))
+
     def post(self, h: BaseHTTPRequestHandler) -> None:
         body = h.rfile.read(int(h.headers.get("Content-Length", "0")))
-        if urlsplit(h.path).path != "/fhir/Task":
+        path = urlsplit(h.path).path
+        if path not in ("/fhir/Task", "/fhir/Communication"):
             self.send(h, 404, orjson.dumps({"resourceType": "OperationOutcome"}))
             return
+        held = self.tasks if path == "/fhir/Task" else self.communications
         task = orjson.loads(body)
         condition = h.headers.get("If-None-Exist", "")
         assert condition.startswith("identifier="), condition
@@ -254,18 +281,18 @@ class FaultServer:
             self.release.wait(60)
             return
         with self.lock:
-            existing = self.tasks.get(key)
+            existing = held.get(key)
             if existing is None:
-                existing = task | {"id": f"t{len(self.tasks) + 1}", "meta": {"versionId": "1"}}
-                self.tasks[key] = existing
+                existing = task | {"id": f"{path[6].lower()}{len(held) + 1}", "meta": {"versionId": "1"}}
+                held[key] = existing
                 status = 201
             else:
                 status = 200
-        if block:  # the Task exists now; its answer never reaches the client
+        if block:  # the resource exists now; its answer never reaches the client
             self.blocked.set()
             self.release.wait(60)
             return
-        location = f"{self.base}/Task/{existing['id']}/_history/1"
+        location = f"{self.base}/{path.rsplit('/', 1)[1]}/{existing['id']}/_history/1"
         self.send(h, status, orjson.dumps(existing), {"Location": location})
 
 
@@ -280,6 +307,12 @@ def capability() -> dict[str, Any]:
                     {"type": "ServiceRequest", "searchParam": [{"name": "_lastUpdated", "type": "date"}]},
                     {
                         "type": "Task",
+                        "conditionalCreate": True,
+                        "conditionalUpdate": True,
+                        "searchParam": [{"name": "identifier", "type": "token"}],
+                    },
+                    {
+                        "type": "Communication",
                         "conditionalCreate": True,
                         "searchParam": [{"name": "identifier", "type": "token"}],
                     },

@@ -16,16 +16,20 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+from connector.sync.pipeline import map_resources
 from connector.warehouse.engine import ensure_schema, make_engine
+from connector.warehouse.writer import PageWrite, write_page
 from tests.reliability.conftest import (
     ACKNOWLEDGEABLE,
     IDENTIFIER_SYSTEM,
     PAGE_SIZE,
+    RESOURCES,
     TOTAL,
     FaultServer,
     Snapshot,
@@ -40,6 +44,7 @@ PAGES = TOTAL // PAGE_SIZE
 SEED = 20261001
 SYNC_KILLS = 22
 PUSH_KILLS = 6
+SUMMARY_KILLS = 4
 #: Filled in by the tests, written by the last one to tests/reliability/.results (for docs/reliability.md).
 TALLY: Counter[str] = Counter()
 
@@ -231,6 +236,77 @@ def test_sigkill_during_push_never_creates_a_task_twice(
         TALLY["push"] += 1
         TALLY["push:tasks"] += len(server.tasks)
         TALLY["push:posts"] += server.task_posts
+    _write_tally()
+
+
+def _attend_evaluations(url: str) -> list[str]:
+    """Every acknowledgeable referral's evaluation attended (written as the sync would); their ids."""
+    active = [r for r in RESOURCES if "subject" in r and r["status"] == "active"]
+    appointments = [
+        {
+            "resourceType": "Appointment",
+            "id": f"eval-{r['id']}",
+            "meta": {"versionId": "1", "lastUpdated": "2026-10-02T00:00:00Z"},
+            "status": "fulfilled",
+            "serviceType": [{"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "97161"}]}],
+            "basedOn": [{"reference": f"ServiceRequest/{r['id']}"}],
+            "start": "2026-09-10T15:00:00Z",
+            "participant": [{"actor": r["subject"], "status": "accepted"}],
+        }
+        for r in active
+    ]
+    mapped = map_resources("clinic", "Appointment", appointments, datetime(2026, 10, 2, tzinfo=UTC))
+    assert not mapped.rejects
+    engine = make_engine(url)
+    try:
+        write_page(engine, PageWrite("clinic", "Appointment", raw=mapped.raw, mapped=mapped.mapped))
+    finally:
+        engine.dispose()
+    return [r["id"] for r in active]
+
+
+@pytest.mark.reliability
+def test_sigkill_during_case_summaries_never_sends_one_twice(
+    server: FaultServer, clean: Snapshot, empty_db: Path, tmp_path: Path
+) -> None:
+    """Killed while the server holds a Communication's POST (made or not): the re-run completes the round,
+    one summary per referral and each Task moved once per milestone, in order."""
+    rng = random.Random(SEED + 2)
+    for i in range(SUMMARY_KILLS):
+        server.reset_faults()
+        server.tasks.clear()
+        server.communications.clear()
+        server.task_puts.clear()
+        server.task_posts = 0
+        url = fresh_url(empty_db, tmp_path / f"summary{i}.db")
+        config = write_config(tmp_path / f"s{i}.toml", url, server.base)
+        assert asyncio.run(sync_once(str(config))).status == "succeeded"
+        evaluated = _attend_evaluations(url)
+        # The Tasks are POSTed first (delivery order), then their two milestones PUT, then the summaries.
+        server.block_post = ACKNOWLEDGEABLE + rng.randint(1, ACKNOWLEDGEABLE)
+        server.block_post_after_create = rng.random() < 0.5
+        kill_when_blocked(spawn("-m", "connector", "push", "--config", str(config)), server)
+        server.reset_faults()
+        rerun = subprocess.run(
+            [sys.executable, "-m", "connector", "push", "--config", str(config)],
+            cwd=ROOT,
+            env=env(),
+            capture_output=True,
+            text=True,
+        )
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        assert len(server.tasks) == ACKNOWLEDGEABLE
+        assert sorted(server.communications) == sorted(
+            f"{IDENTIFIER_SYSTEM}|clinic/ServiceRequest/{rid}/summary:evaluation" for rid in evaluated
+        )
+        moves: dict[str, list[str]] = {}
+        for key, status in server.task_puts:
+            moves.setdefault(key, []).append(status)
+        # Each Task moved once per milestone: to accepted (evaluation scheduled), then in-progress.
+        assert len(moves) == ACKNOWLEDGEABLE
+        assert all(m == ["accepted", "in-progress"] for m in moves.values()), moves
+        TALLY["summary"] += 1
+        TALLY["summary:communications"] += len(server.communications)
     _write_tally()
 
 
