@@ -95,6 +95,13 @@ class FaultServer:
         self.blocked.clear()
         self.release.clear()
 
+    def forget_pushes(self) -> None:
+        """An empty server again for push-back: no Task, no Communication, nothing counted."""
+        self.tasks.clear()
+        self.communications.clear()
+        self.task_puts.clear()
+        self.task_posts = 0
+
     def close(self) -> None:
         self.release.set()
         self.server.shutdown()

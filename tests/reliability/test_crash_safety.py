@@ -182,6 +182,18 @@ def test_sigkill_at_random_points_then_rerun_equals_a_clean_run(
     _write_tally()
 
 
+def push_again(config: Path) -> None:
+    """`connector push` after a kill: it completes the round."""
+    rerun = subprocess.run(
+        [sys.executable, "-m", "connector", "push", "--config", str(config)],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+    )
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+
+
 def task_ids(url: str) -> list[tuple[str, str]]:
     engine = make_engine(url)
     try:
@@ -207,8 +219,7 @@ def test_sigkill_during_push_never_creates_a_task_twice(
     rng = random.Random(SEED + 1)
     for i in range(PUSH_KILLS):
         server.reset_faults()
-        server.tasks.clear()
-        server.task_posts = 0
+        server.forget_pushes()
         url = fresh_url(empty_db, tmp_path / f"push{i}.db")
         config = write_config(tmp_path / f"p{i}.toml", url, server.base)
         assert asyncio.run(sync_once(str(config))).status == "succeeded"
@@ -219,14 +230,7 @@ def test_sigkill_during_push_never_creates_a_task_twice(
         before = len(server.tasks)
         assert before == server.block_post - (0 if server.block_post_after_create else 1)
         server.reset_faults()
-        rerun = subprocess.run(
-            [sys.executable, "-m", "connector", "push", "--config", str(config)],
-            cwd=ROOT,
-            env=env(),
-            capture_output=True,
-            text=True,
-        )
-        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        push_again(config)
         sent = task_ids(url)
         assert len(sent) == ACKNOWLEDGEABLE
         assert len(server.tasks) == ACKNOWLEDGEABLE  # one per referral: never more
@@ -274,10 +278,7 @@ def test_sigkill_during_case_summaries_never_sends_one_twice(
     rng = random.Random(SEED + 2)
     for i in range(SUMMARY_KILLS):
         server.reset_faults()
-        server.tasks.clear()
-        server.communications.clear()
-        server.task_puts.clear()
-        server.task_posts = 0
+        server.forget_pushes()
         url = fresh_url(empty_db, tmp_path / f"summary{i}.db")
         config = write_config(tmp_path / f"s{i}.toml", url, server.base)
         assert asyncio.run(sync_once(str(config))).status == "succeeded"
@@ -287,14 +288,7 @@ def test_sigkill_during_case_summaries_never_sends_one_twice(
         server.block_post_after_create = rng.random() < 0.5
         kill_when_blocked(spawn("-m", "connector", "push", "--config", str(config)), server)
         server.reset_faults()
-        rerun = subprocess.run(
-            [sys.executable, "-m", "connector", "push", "--config", str(config)],
-            cwd=ROOT,
-            env=env(),
-            capture_output=True,
-            text=True,
-        )
-        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        push_again(config)
         assert len(server.tasks) == ACKNOWLEDGEABLE
         assert sorted(server.communications) == sorted(
             f"{IDENTIFIER_SYSTEM}|clinic/ServiceRequest/{rid}/summary:evaluation" for rid in evaluated
