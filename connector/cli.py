@@ -7,6 +7,7 @@ machine-readable output. Nothing printed here contains resource content or secre
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import difflib
 import functools
 import os
@@ -563,6 +564,86 @@ def push(
 
 
 # ---------------------------------------------------------------- setup and checks
+
+
+@app.command()
+def listen(
+    config: ConfigOption = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Address to bind (default: [listen] host).")
+    ] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port to bind (default: [listen] port).")] = None,
+    no_subscribe: Annotated[
+        bool, typer.Option("--no-subscribe", help="Leave the servers' Subscriptions as they are.")
+    ] = False,
+) -> None:
+    """Receive Subscription notifications and acknowledge new referrals within seconds."""
+    import uvicorn
+
+    from connector.subscriptions.app import create_app
+    from connector.warehouse.engine import ensure_schema, make_engine
+
+    quiet_third_party_logs(False)
+    settings = _guard(lambda: load_settings(config))
+    names = [e.name for e in settings.endpoints if e.subscriptions and e.enabled]
+    if not names:
+        raise _fail("no endpoint has `subscriptions = true`; see docs/subscriptions.md")
+    if settings.listen.public_url is None and not no_subscribe:
+        raise _fail("[listen] public_url is needed to subscribe: the URL the EMR reaches this listener at")
+    engine = make_engine(settings.warehouse.url)
+    _guard(lambda: ensure_schema(engine))
+    bind_host, bind_port = host or settings.listen.host, port or settings.listen.port
+    err.print(
+        f"listening on http://{bind_host}:{bind_port}/notify/<endpoint> for {', '.join(names)}", markup=False
+    )
+    # No access log: a path may carry the endpoint's secret.
+    uvicorn.run(
+        create_app(settings, engine, subscribe=not no_subscribe),
+        host=bind_host,
+        port=bind_port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+@app.command()
+def subscribe(config: ConfigOption = None, json_out: JsonOption = False) -> None:
+    """Create or update the Subscription of each subscribed stream and wait until the server activates it."""
+    from connector.fhir.client import FhirClient
+    from connector.subscriptions import manage
+    from connector.warehouse.engine import ensure_schema, make_engine
+
+    quiet_third_party_logs(False)
+    settings = _guard(lambda: load_settings(config))
+    chosen = [e for e in settings.endpoints if e.subscriptions and e.enabled]
+    if not chosen:
+        raise _fail("no endpoint has `subscriptions = true`; see docs/subscriptions.md")
+
+    async def _go() -> list[manage.Subscribed]:
+        engine = make_engine(settings.warehouse.url)
+        try:
+            ensure_schema(engine)
+            done = []
+            for endpoint in chosen:
+                async with FhirClient(endpoint) as client:
+                    for rtype in endpoint.subscription_resources:
+                        done.append(await manage.ensure(client, engine, endpoint, settings.listen, rtype))
+            return done
+        finally:
+            engine.dispose()
+
+    subscribed = _guard(lambda: asyncio.run(_go()))
+    if json_out:
+        _print_json([dataclasses.asdict(s) for s in subscribed])
+    else:
+        for s in subscribed:
+            why = f": {s.error}" if s.error else ""
+            out.print(
+                f"{s.resource_type}: Subscription/{s.server_id} ({s.style}) {s.status}{why}", markup=False
+            )
+    inactive = [s for s in subscribed if s.status != "active"]
+    if inactive:
+        raise _fail(f"{inactive[0].resource_type}: the Subscription is {inactive[0].status}")
 
 
 @app.command()

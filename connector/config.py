@@ -324,6 +324,19 @@ class EndpointSettings(_Strict):
     metrics_period: Literal["week", "month"] = "week"
     #: A push item is marked failed after this many attempts.
     push_max_attempts: int = Field(default=5, ge=1, le=100)
+    #: Push-based intake (`connector listen`): the server notifies a Subscription of new referrals.
+    subscriptions: bool = False
+    #: The types subscribed to (each also a stream: a poll is the safety net).
+    subscription_resources: list[str] = Field(default_factory=lambda: ["ServiceRequest"])
+    #: The secret the server sends (`Authorization: Bearer …` via `channel.header`); env:NAME / file:PATH.
+    subscription_secret: SecretStr | None = None
+    #: Backport payload content: id-only (the connector fetches the focus), full-resource, or empty.
+    subscription_payload: Literal["id-only", "full-resource", "empty"] = "id-only"
+    #: A topic canonical (R4 Backport) per type; by default one the CapabilityStatement lists for the type,
+    #: else a criteria-based Subscription.
+    subscription_topics: dict[str, str] = Field(default_factory=dict)
+    #: Seconds between heartbeats the server is asked for; three missed make the subscription unhealthy.
+    heartbeat_seconds: int = Field(default=60, ge=5, le=3600)
     #: With `push_acknowledgments`: a case summary to the referrer after the evaluation, at each progress
     #: report and at discharge, as a Communication or a DocumentReference; never to another server.
     case_summary: Literal["communication", "document-reference", "off"] = "communication"
@@ -392,6 +405,26 @@ class EndpointSettings(_Strict):
     @property
     def sends_summary_documents(self) -> bool:
         return self.sends_summaries and self.case_summary == "document-reference"
+
+    @field_validator("subscription_secret", mode="before")
+    @classmethod
+    def _subscription_secret(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(info.context, dict) and info.context.get("secrets") is False:
+            return SecretStr(value) if isinstance(value, str) else value
+        return _secret_validator(value)
+
+    @model_validator(mode="after")
+    def _subscriptions_need(self) -> EndpointSettings:
+        if not self.subscriptions:
+            return self
+        if self.base_url is None:
+            raise ValueError("`subscriptions` needs a FHIR server (`base_url`): a folder sends nothing")
+        if self.subscription_secret is None:
+            raise ValueError("`subscriptions` needs `subscription_secret` (e.g. env:EMR_HOOK_SECRET)")
+        missing = [t for t in self.subscription_resources if t not in self.resources]
+        if missing:
+            raise ValueError(f"subscription_resources {', '.join(missing)} must be synced too (`resources`)")
+        return self
 
     @model_validator(mode="after")
     def _summaries_stay_home(self) -> EndpointSettings:
@@ -593,12 +626,35 @@ class RuntimeSettings(_Strict):
         return None if self.task_runner == "threads" else 0
 
 
+class ListenSettings(_Strict):
+    """`connector listen` (`[listen]`): the web service receiving Subscription notifications."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8787, ge=1, le=65535)
+    #: The URL the EMR reaches the listener at (the TLS proxy in front of it), without the path.
+    public_url: str | None = None
+    #: Bodies larger than this are refused (413) unread.
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, le=100_000_000)
+    #: While subscriptions are healthy, `connector serve` polls their streams this often instead.
+    healthy_poll_minutes: int = Field(default=60, ge=1, le=1440)
+    #: Seconds between checks of the subscriptions (status, `$status` counts, heartbeats).
+    check_seconds: float = Field(default=30.0, gt=0, le=3600)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_http_url(value)
+        return value.rstrip("/") if value else value
+
+
 class Settings(_Strict):
     """Everything one run of the connector needs, built once and passed down."""
 
     warehouse: WarehouseSettings = Field(default_factory=WarehouseSettings)
     endpoints: Annotated[list[EndpointSettings], Field(min_length=1)]
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    listen: ListenSettings = Field(default_factory=ListenSettings)
     source_file: Path | None = Field(default=None, exclude=True)
 
     @field_validator("endpoints")
@@ -854,6 +910,13 @@ owner = "Organization/practice-1"          # the practice; needed when pushing
 # metrics_period = "week"                  # week | month
 # push_endpoint = "other-endpoint"         # write to another configured endpoint's server instead
 # push_max_attempts = 5                    # a push item is marked failed after this many attempts
+# Push-based intake (`connector listen`, see docs/subscriptions.md): the server notifies new referrals.
+# subscriptions = false
+# subscription_resources = ["ServiceRequest"]   # subscribed types (each polled too, as the safety net)
+# subscription_secret = "env:EMR_HOOK_SECRET"    # sent by the server as Authorization: Bearer ...
+# subscription_payload = "id-only"         # id-only | full-resource | empty (R4 Backport topics)
+# subscription_topics = { "ServiceRequest" = "http://example.org/SubscriptionTopic/new-referral" }
+# heartbeat_seconds = 60                   # three missed heartbeats mark the subscription unhealthy
 # case_summary = "communication"           # communication | document-reference | off: a summary to the
 #                                          # referrer after the evaluation, each progress report, discharge
 # identifier_system = "urn:therapy-fhir-connector:acknowledgment"   # system of the Task / MeasureReport ids
@@ -922,6 +985,15 @@ algorithm = "RS384"                        # RS384 | ES384
 # backfill_min_resources = 10000           # ... when the server counts at least this many resources
 # map_workers = 2                          # processes validating and mapping pages; default one per core
 # prefect_start_timeout = 120              # seconds to wait for the local Prefect server to start
+
+# The listener for Subscription notifications (`connector listen`; only with subscriptions = true):
+# [listen]
+# host = "127.0.0.1"                       # behind a TLS reverse proxy (docs/subscriptions.md)
+# port = 8787
+# public_url = "https://hooks.practice.example"   # where the EMR reaches the proxy
+# max_body_bytes = 1000000                 # larger notifications are refused unread
+# healthy_poll_minutes = 60                # `serve` polls subscribed streams this often while healthy
+# check_seconds = 30                       # how often subscriptions are checked (status, $status, heartbeats)
 
 # A folder of Bulk Data NDJSON files (*.ndjson, *.ndjson.gz) instead of a server:
 # [[endpoints]]

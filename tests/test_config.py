@@ -258,7 +258,7 @@ def test_the_init_template_documents_every_key_the_settings_accept() -> None:
     tables = {
         k
         for k in written
-        if k in {"warehouse", "endpoints", "runtime"}
+        if k in {"warehouse", "endpoints", "runtime", "listen"}
         or (
             k.count(".") == 1
             and k.split(".")[1] in {"mapping", "timeouts", "retry", "auth", "date_params", "visits"}
@@ -274,7 +274,7 @@ def test_the_init_template_with_every_commented_key_set_is_valid(tmp_path: Path)
     )
     lines, table = [], ""
     for line in EXAMPLE_CONFIG.split("# A folder of Bulk Data")[0].splitlines():
-        line = line.removeprefix("# ") if line == "# [runtime]" else line
+        line = line.removeprefix("# ") if line in ("# [runtime]", "# [listen]") else line
         header = re.match(r"^\[\[?([A-Za-z_.]+)\]\]?", line)
         table = header.group(1) + "." if header else table
         match = re.match(r"^# (([a-z_]+) = .*)$", line)

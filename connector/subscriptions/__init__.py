@@ -1,0 +1,1 @@
+"""Push-based intake: FHIR Subscriptions, the listener and its queue (`connector listen`)."""

@@ -1,0 +1,364 @@
+"""Push-based intake (issue 27): notifications parsed as servers send them, the listener's answers (secret,
+size, shape), its durable queue, and the worker that writes what was notified and acknowledges it."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import respx
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from connector.config import parse_settings
+from connector.fhir.client import FhirClient
+from connector.subscriptions import manage, queue
+from connector.subscriptions.app import create_app
+from connector.subscriptions.notifications import Refused, parse_notification
+from connector.subscriptions.worker import Processor
+from connector.warehouse.models.subscriptions import Notification
+
+BASE = "https://emr.test/fhir"
+SECRET = "s3cret-hook-token"
+SUB = f"{BASE}/Subscription/sub-1"
+TOPIC = "http://sekmet.dev/fhir/SubscriptionTopic/servicerequest-new"
+
+
+def status_entry(
+    kind: str, numbers: tuple[int, ...] = (), focus: tuple[str, ...] = (), since: int = 0
+) -> dict[str, Any]:
+    parameters: list[dict[str, Any]] = [
+        {"name": "subscription", "valueReference": {"reference": SUB}},
+        {"name": "topic", "valueCanonical": TOPIC},
+        {"name": "status", "valueCode": "active"},
+        {"name": "type", "valueCode": kind},
+        {"name": "events-since-subscription-start", "valueString": str(since)},
+    ]
+    for number, ref in zip(numbers, focus or [None] * len(numbers), strict=True):
+        parts: list[dict[str, Any]] = [{"name": "event-number", "valueString": str(number)}]
+        if ref:
+            parts.append({"name": "focus", "valueReference": {"reference": f"{BASE}/{ref}"}})
+        parameters.append({"name": "notification-event", "part": parts})
+    return {"fullUrl": "urn:uuid:1", "resource": {"resourceType": "Parameters", "parameter": parameters}}
+
+
+def bundle(*entries: dict[str, Any]) -> bytes:
+    return orjson.dumps(
+        {
+            "resourceType": "Bundle",
+            "type": "history",
+            "timestamp": "2026-12-08T01:00:00Z",
+            "entry": list(entries),
+        }
+    )
+
+
+def referral(rid: str) -> dict[str, Any]:
+    return {
+        "resourceType": "ServiceRequest",
+        "id": rid,
+        "meta": {"versionId": "1", "lastUpdated": "2026-12-08T00:59:00.000Z"},
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        "authoredOn": "2026-12-08T00:58:00Z",
+        "requester": {"reference": "Practitioner/dr1"},
+    }
+
+
+# -- parsing -------------------------------------------------------------------------------------------
+
+
+def test_backport_id_only_handshake_and_full_resource_as_sekmet_sends_them() -> None:
+    parsed = parse_notification(
+        bundle(status_entry("event-notification", (7,), ("ServiceRequest/sr1",), since=7))
+    )
+    assert (parsed.kind, parsed.subscription_ref, parsed.event_numbers, parsed.focus_refs) == (
+        "event-notification",
+        "Subscription/sub-1",
+        (7,),
+        ("ServiceRequest/sr1",),
+    )
+    assert (parsed.resource_type, parsed.events_since_start, parsed.resources) == ("ServiceRequest", 7, ())
+    assert parse_notification(bundle(status_entry("handshake"))).kind == "handshake"
+    full = parse_notification(
+        bundle(
+            status_entry("event-notification", (8,), ("ServiceRequest/sr2",)), {"resource": referral("sr2")}
+        )
+    )
+    assert [r["id"] for r in full.resources] == ["sr2"]
+    # Criteria style: the resource PUT to <endpoint>/ServiceRequest/<id>, or an empty POST.
+    put = parse_notification(orjson.dumps(referral("sr3")), ("ServiceRequest", "sr3"))
+    assert (put.kind, put.focus_refs) == ("resource", ("ServiceRequest/sr3",))
+    assert parse_notification(b"").kind == "empty"
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "reason"),
+    [
+        (b"<xml/>", None, "not JSON"),
+        (b"[1, 2]", None, "not a FHIR resource"),
+        (orjson.dumps({"resourceType": "Bundle", "type": "searchset"}), None, "history"),
+        (
+            orjson.dumps({"resourceType": "Bundle", "type": "history", "entry": []}),
+            None,
+            "SubscriptionStatus",
+        ),
+        (orjson.dumps(referral("sr3")), ("ServiceRequest", "other"), "does not match the path"),
+        (bundle(status_entry("surprise")), None, "notification type"),
+    ],
+)
+def test_what_is_not_a_notification_is_refused_with_the_reason(
+    body: bytes, path: tuple[str, str] | None, reason: str
+) -> None:
+    with pytest.raises(Refused, match=reason):
+        parse_notification(body, path)
+
+
+# -- the listener's answers ------------------------------------------------------------------------------
+
+
+def settings(url: str, **endpoint: Any) -> Any:
+    return parse_settings(
+        {
+            "warehouse": {"url": url},
+            "listen": {"public_url": "https://hooks.practice.test", "max_body_bytes": 4096},
+            "endpoints": [
+                {
+                    "name": "emr",
+                    "base_url": BASE,
+                    "subscriptions": True,
+                    "subscription_secret": SECRET,
+                    "push_acknowledgments": True,
+                    "owner": "Organization/practice",
+                    "case_summary": "off",
+                    "resources": ["ServiceRequest"],
+                    "retry": {"max_attempts": 1, "initial_backoff_seconds": 0, "max_backoff_seconds": 0},
+                }
+                | endpoint
+            ],
+        }
+    )
+
+
+def rows(engine: Engine) -> list[dict[str, Any]]:
+    table = Notification.__table__
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(sa.select(table).order_by(table.c.id)).mappings()]
+
+
+class Client:
+    """Requests to the app in-process (no lifespan: the worker does not start)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        async def go() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://listener.test") as client:
+                return await client.request(method, path, **kwargs)
+
+        return asyncio.run(go())
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self._send("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self._send("PUT", path, **kwargs)
+
+
+def test_the_listener_commits_before_it_answers_and_refuses_strangers(
+    engine: Engine, warehouse_url: str
+) -> None:
+    client = Client(create_app(settings(warehouse_url), engine))
+    body = bundle(status_entry("event-notification", (1,), ("ServiceRequest/sr1",)))
+    ok = client.post("/notify/emr", content=body, headers={"Authorization": f"Bearer {SECRET}"})
+    assert ok.status_code == 200
+    assert ok.json()["resourceType"] == "OperationOutcome"
+    (queued,) = rows(engine)
+    assert (queued["status"], queued["kind"], queued["event_number"], queued["focus_refs"]) == (
+        "pending",
+        "event-notification",
+        1,
+        ["ServiceRequest/sr1"],
+    )
+    # The secret as a path segment works the same; a criteria-style PUT carries the resource.
+    put = client.put(f"/notify/emr/{SECRET}/ServiceRequest/sr2", content=orjson.dumps(referral("sr2")))
+    assert put.status_code == 200
+    assert rows(engine)[-1]["payload"]["resources"][0]["id"] == "sr2"
+    refused = [
+        client.post("/notify/emr", content=body, headers={"Authorization": "Bearer wrong"}).status_code,
+        client.post("/notify/emr", content=body).status_code,
+        client.post("/notify/emr/wrong", content=body).status_code,
+        client.post(
+            "/notify/emr", content=b"x" * 5000, headers={"Authorization": f"Bearer {SECRET}"}
+        ).status_code,
+        client.post(
+            "/notify/emr", content=b"<xml/>", headers={"Authorization": f"Bearer {SECRET}"}
+        ).status_code,
+        client.post("/notify/other", content=body, headers={"Authorization": f"Bearer {SECRET}"}).status_code,
+    ]
+    assert refused == [401, 401, 401, 413, 400, 404]
+    counted = [(r["endpoint"], r["error"]) for r in rows(engine) if r["status"] == "refused"]
+    assert counted == [
+        ("emr", "a wrong or missing secret"),
+        ("emr", "a wrong or missing secret"),
+        ("emr", "a wrong or missing secret"),
+        ("emr", "the body is over max_body_bytes"),
+        ("emr", "the body is not JSON"),
+        ("other", "no subscribed endpoint of that name"),
+    ]
+    # A refused body is never stored, nor the secret.
+    assert SECRET not in str(rows(engine))
+    assert all(r["payload"] is None for r in rows(engine) if r["status"] == "refused")
+
+
+# -- the worker --------------------------------------------------------------------------------------------
+
+
+def subscription_row(engine: Engine) -> dict[str, Any]:
+    found = queue.state(engine, "emr", "ServiceRequest")
+    assert found is not None
+    return found
+
+
+def capability() -> dict[str, Any]:
+    search = [{"name": "_lastUpdated", "type": "date"}, {"name": "identifier", "type": "token"}]
+    return {
+        "resourceType": "CapabilityStatement",
+        "fhirVersion": "4.0.1",
+        "rest": [
+            {
+                "mode": "server",
+                "resource": [
+                    {"type": "ServiceRequest", "searchParam": search},
+                    {"type": "Task", "conditionalCreate": True, "searchParam": search},
+                    {
+                        "type": "Subscription",
+                        "extension": [{"url": manage.TOPIC_CANONICAL, "valueCanonical": TOPIC}],
+                    },
+                ],
+            }
+        ],
+    }
+
+
+def _task_created(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(201, json=orjson.loads(request.content) | {"id": "t1", "meta": {"versionId": "1"}})
+
+
+def _run(
+    engine: Engine, warehouse_url: str, search_pages: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    s = settings(warehouse_url)
+    endpoint = s.endpoints[0]
+    queue.save_state(
+        engine,
+        "emr",
+        "ServiceRequest",
+        {
+            "server_id": "sub-1",
+            "style": "topic",
+            "criteria": TOPIC,
+            "status": "active",
+            "last_event_number": 1,
+        },
+    )
+
+    async def go() -> dict[str, Any]:
+        with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+            mock.get("/metadata").respond(json=capability())
+            mock.get("/ServiceRequest/sr5").respond(json=referral("sr5"))
+            search = mock.get("/ServiceRequest").respond(
+                json={
+                    "resourceType": "Bundle",
+                    "type": "searchset",
+                    "entry": [{"resource": r, "search": {"mode": "match"}} for r in search_pages or []],
+                }
+            )
+            posts = mock.post("/Task").mock(side_effect=_task_created)
+            async with FhirClient(endpoint) as client:
+                processor = Processor(s, endpoint, engine, client)
+                for row in queue.pending(engine):
+                    await processor.process(row)
+            return {"searched": search.call_count, "tasks": posts.call_count}
+
+    return asyncio.run(go())
+
+
+def test_an_id_only_notification_is_fetched_written_and_acknowledged(
+    engine: Engine, warehouse_url: str
+) -> None:
+    parsed = parse_notification(
+        bundle(status_entry("event-notification", (2,), ("ServiceRequest/sr5",), since=2))
+    )
+    queue.enqueue(engine, "emr", parsed, datetime.now(UTC) - timedelta(seconds=3))
+    done = _run(engine, warehouse_url)
+    # Event 2 follows event 1: no gap, no search; the referral written and its Task sent at once.
+    assert done == {"searched": 0, "tasks": 1}
+    with engine.connect() as conn:
+        referral_row = conn.execute(sa.text("SELECT resource_id, status FROM referral")).one()
+        latency = conn.execute(sa.text("SELECT referral_id, seconds FROM intake_latency")).one()
+    assert tuple(referral_row) == ("sr5", "active")
+    assert latency[0] == "sr5"
+    assert latency[1] >= 3.0
+    (notification,) = rows(engine)
+    assert (notification["status"], notification["payload"]) == ("done", None)
+    assert subscription_row(engine)["last_event_number"] == 2
+
+
+def test_a_gap_in_the_event_numbers_is_caught_up_by_a_search(engine: Engine, warehouse_url: str) -> None:
+    # Events 2-4 never arrived (the listener was down): event 5 says so; the search brings sr6 too.
+    parsed = parse_notification(
+        bundle(status_entry("event-notification", (5,), ("ServiceRequest/sr5",), since=5))
+    )
+    queue.enqueue(engine, "emr", parsed)
+    done = _run(engine, warehouse_url, search_pages=[referral("sr5"), referral("sr6")])
+    assert done == {"searched": 1, "tasks": 2}
+    subscription = subscription_row(engine)
+    assert subscription["catch_up_reason"] == "a gap in the event numbers (1 then 5)"
+    assert subscription["last_event_number"] == 5
+
+
+def test_an_empty_notification_is_a_search_from_the_watermark(engine: Engine, warehouse_url: str) -> None:
+    queue.enqueue(engine, "emr", parse_notification(b""))
+    done = _run(engine, warehouse_url, search_pages=[referral("sr7")])
+    assert done == {"searched": 1, "tasks": 1}
+    assert subscription_row(engine)["catch_up_reason"] == "a notification without its resources"
+
+
+def test_subscription_resources_topic_or_criteria() -> None:
+    endpoint = settings("sqlite:///unused.db").endpoints[0]
+    listen = settings("sqlite:///unused.db").listen
+    topic = manage.subscription_resource(
+        endpoint, listen, "ServiceRequest", manage.topic_for(endpoint, "ServiceRequest", capability())
+    )
+    assert topic["criteria"] == TOPIC
+    assert topic["channel"]["endpoint"] == "https://hooks.practice.test/notify/emr"
+    assert topic["channel"]["header"] == [f"Authorization: Bearer {SECRET}"]
+    assert topic["channel"]["_payload"]["extension"][0]["valueCode"] == "id-only"
+    no_topics = {
+        "resourceType": "CapabilityStatement",
+        "rest": [{"mode": "server", "resource": [{"type": "Subscription"}]}],
+    }
+    criteria = manage.subscription_resource(
+        endpoint, listen, "ServiceRequest", manage.topic_for(endpoint, "ServiceRequest", no_topics)
+    )
+    assert criteria["criteria"] == "ServiceRequest?status=active"
+    assert "_payload" not in criteria["channel"]
+    assert manage.offers_subscriptions(no_topics)
+    assert not manage.offers_subscriptions({"rest": [{"resource": [{"type": "ServiceRequest"}]}]})
+
+
+def test_three_missed_heartbeats_make_a_subscription_unhealthy() -> None:
+    now = datetime(2026, 12, 8, 1, 0, tzinfo=UTC)
+    row = {"status": "active", "style": "topic", "last_heartbeat_at": now - timedelta(seconds=179)}
+    assert manage.unhealthy_reason(row, 60, now) is None
+    late = {**row, "last_heartbeat_at": now - timedelta(seconds=181)}
+    assert manage.unhealthy_reason(late, 60, now) == "no heartbeat for 181 s (3 periods are 180 s)"
+    assert manage.unhealthy_reason({**row, "status": "error"}, 60, now) == "the server says it is error"
