@@ -79,6 +79,10 @@ class FaultServer:
         #: Case summaries, by identifier token, and every Task PUT (the Task milestones), in order.
         self.communications: dict[str, dict[str, Any]] = {}
         self.task_puts: list[tuple[str, str]] = []
+        #: Resources served by id only (`GET ServiceRequest/<id>`), not by search: a notified referral.
+        self.by_id: dict[str, dict[str, Any]] = {}
+        #: Hold every read by id until `release` is set (a listener stuck fetching a notified focus).
+        self.block_read = False
         #: POSTs of Tasks and Communications, counted together (`block_post` numbers them).
         self.task_posts = 0
         self.lock = threading.Lock()
@@ -92,6 +96,7 @@ class FaultServer:
         self.before_page.clear()
         self.links.clear()
         self.block_page = self.block_post = None
+        self.block_read = False
         self.blocked.clear()
         self.release.clear()
 
@@ -153,6 +158,16 @@ class FaultServer:
             self.send(h, 200, orjson.dumps(capability()))
         elif parts.path == "/fhir/ServiceRequest":
             self.search(h, params)
+        elif parts.path.startswith("/fhir/ServiceRequest/"):
+            if self.block_read:
+                self.blocked.set()
+                self.release.wait(60)
+                return
+            by_id = self.by_id.get(parts.path.rsplit("/", 1)[1])
+            if by_id is None:
+                self.send(h, 404, orjson.dumps({"resourceType": "OperationOutcome"}))
+            else:
+                self.send(h, 200, orjson.dumps(by_id))
         elif parts.path == "/fhir/Task":
             value = dict(params).get("identifier", "")
             with self.lock:
