@@ -136,6 +136,7 @@ async def check_endpoint(
                 elif probe is None:
                     probe = rt
             _check_bulk(endpoint, capability, report)
+            _check_subscriptions(endpoint, capability, report)
             if probe is not None:
                 await _probe_searches(client, endpoint, report)
             _check_profile(endpoint, capability, report)
@@ -170,6 +171,24 @@ async def _probe_searches(client: FhirClient, endpoint: EndpointSettings, report
             continue
         stream.search = "ok"
         report.auth = "ok" if endpoint.auth.type != "none" else "ok (no auth configured)"
+
+
+def _check_subscriptions(
+    endpoint: EndpointSettings, capability: dict[str, Any], report: EndpointReport
+) -> None:
+    """How `listen` would be notified: a Backport topic, R4 criteria, or not at all (polling only)."""
+    from connector.subscriptions import manage
+
+    if not manage.offers_subscriptions(capability):
+        tail = "; `subscriptions = true` has no effect" if endpoint.subscriptions else ""
+        report.notes.append(f"the server offers no Subscription: polling only{tail}")
+        return
+    if not endpoint.subscriptions:
+        return
+    for rtype in endpoint.subscription_resources:
+        topic = manage.topic_for(endpoint, rtype, capability)
+        how = f"R4 Backport topic {topic}" if topic else f"R4 criteria {manage.criteria_for(rtype)}"
+        report.notes.append(f"subscriptions: {rtype} by {how}")
 
 
 def _check_profile(endpoint: EndpointSettings, capability: dict[str, Any], report: EndpointReport) -> None:

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import functools
 import os
+import statistics
 import sys
 import time
 import uuid
@@ -726,6 +727,7 @@ def status(
                 "outbox": outbox.counts(engine),
                 "bulk_exports": [{"endpoint": name} | export_view(e) for name, e in exports.items()],
                 "receipts_disagreeing": state.receipts_disagreeing(engine),
+                "subscriptions": subscription_health(settings, engine),
             }
         finally:
             engine.dispose()
@@ -792,7 +794,62 @@ def status(
             str(r["source_count"]),
             str(r["warehouse_count"]),
         )
-    out.print(runs, marks, dead, pushes, exports, receipts)
+    subs = Table(title="Subscriptions (push-based intake)", title_justify="left")
+    for col in (
+        "endpoint",
+        "stream",
+        "style",
+        "status",
+        "healthy",
+        "last event",
+        "notified → Task p50 / p95",
+    ):
+        subs.add_column(col)
+    for h in data["subscriptions"]:
+        latency = f"{h['p50_seconds']:.1f} / {h['p95_seconds']:.1f} s" if h["p50_seconds"] is not None else ""
+        subs.add_row(
+            h["endpoint"],
+            h["resource_type"],
+            h["style"],
+            h["status"] or "",
+            "yes" if h["healthy"] else f"no: {h['why']}",
+            _when(h["last_notified_at"]),
+            latency,
+        )
+    out.print(runs, marks, dead, pushes, exports, receipts, *([subs] if data["subscriptions"] else []))
+
+
+def subscription_health(settings: Any, engine: Any) -> list[dict[str, Any]]:
+    """Per subscription: its state, whether it is healthy (active, heartbeats on time) and the notified
+    referrals' seconds to their Task (p50, p95)."""
+    import sqlalchemy as sa
+
+    from connector.subscriptions import manage, queue
+
+    out: list[dict[str, Any]] = []
+    if not sa.inspect(engine).has_table("subscription_state"):
+        return out  # a warehouse from before push-based intake (status opens it read-only, unmigrated)
+    heartbeats = {e.name: e.heartbeat_seconds for e in settings.endpoints}
+    for row in queue.states(engine):
+        why = manage.unhealthy_reason(row, heartbeats.get(row["endpoint"], 60))
+        seconds = sorted(queue.latencies(engine, row["endpoint"]))
+        p95 = seconds[max(0, -(-95 * len(seconds) // 100) - 1)] if seconds else None
+        out.append(
+            {
+                "endpoint": row["endpoint"],
+                "resource_type": row["resource_type"],
+                "style": row["style"],
+                "status": row["status"],
+                "healthy": why is None,
+                "why": why,
+                "last_notified_at": row["last_notified_at"],
+                "caught_up_at": row["caught_up_at"],
+                "catch_up_reason": row["catch_up_reason"],
+                "p50_seconds": statistics.median(seconds) if seconds else None,
+                "p95_seconds": p95,
+            }
+        )
+    return out
 
 
 def _per_kind(counts: dict[str, int]) -> str:

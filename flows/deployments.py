@@ -38,7 +38,7 @@ def endpoint_deployments(
             sync_endpoint.to_deployment(
                 name=endpoint.name,
                 cron=endpoint.schedule,
-                parameters={"config_path": path, "endpoint_name": endpoint.name},
+                parameters={"config_path": path, "endpoint_name": endpoint.name, "scheduled": True},
                 tags=[*TAGS, f"endpoint:{endpoint.name}"],
                 description=f"Sync endpoint {endpoint.name} into the warehouse.",
                 **options,

@@ -38,6 +38,7 @@ from connector.fhir.page import SourcePage
 from connector.mapping_pool import page_mapper, pages_ahead
 from connector.pushback.run import push_round, queue_round
 from connector.streams import Plan
+from connector.subscriptions.polling import resting_streams
 from connector.sync.bulk import run_bulk_backfill, search_falls_back_to_bulk
 from connector.sync.crawl import PatientCrawl
 from connector.sync.endpoint import (
@@ -293,15 +294,27 @@ async def sync_endpoint(
     resources: list[str] | None = None,
     full_refresh: bool = False,
     run_id: str | None = None,
+    scheduled: bool = False,
 ) -> list[dict[str, Any]]:
     """Sync every enabled stream of one endpoint; the run fails if any stream failed (after its retries).
 
     Streams (and the windows of a backfill) run in parallel, at most `max_parallel_streams` at once; the
-    push-back runs after all of them.
+    push-back runs after all of them. A `scheduled` run leaves a stream whose subscription is healthy to
+    the listener, polling it only every `[listen] healthy_poll_minutes` (the safety net).
     """
     settings = load_settings(config_path)
     endpoint = settings.endpoint(endpoint_name)
     wanted = [r for r in endpoint.resources if not resources or r in resources]
+    if scheduled and not full_refresh:
+        engine = make_engine(settings.warehouse.url)
+        try:
+            ensure_schema(engine)
+            resting = resting_streams(engine, endpoint, settings.listen)
+        finally:
+            engine.dispose()
+        for rtype, why in resting.items():
+            get_run_logger().info("%s: not polled this run: %s", rtype, why)
+        wanted = [r for r in wanted if r not in resting]
     run = EndpointRun(
         settings,
         endpoint,

@@ -362,3 +362,37 @@ def test_three_missed_heartbeats_make_a_subscription_unhealthy() -> None:
     late = {**row, "last_heartbeat_at": now - timedelta(seconds=181)}
     assert manage.unhealthy_reason(late, 60, now) == "no heartbeat for 181 s (3 periods are 180 s)"
     assert manage.unhealthy_reason({**row, "status": "error"}, 60, now) == "the server says it is error"
+
+
+def test_a_healthy_subscription_is_polled_hourly_an_unhealthy_one_on_schedule(
+    engine: Engine, warehouse_url: str
+) -> None:
+    from connector.subscriptions.polling import resting_streams
+    from connector.sync.pipeline import StreamResult
+    from connector.warehouse import state
+
+    s = settings(warehouse_url, heartbeat_seconds=60)
+    endpoint, listen = s.endpoints[0], s.listen
+    now = datetime.now(UTC)
+    assert resting_streams(engine, endpoint, listen, now) == {}  # not subscribed yet: polled
+    queue.save_state(
+        engine,
+        "emr",
+        "ServiceRequest",
+        {
+            "server_id": "sub-1",
+            "style": "topic",
+            "criteria": TOPIC,
+            "status": "active",
+            "last_heartbeat_at": now,
+        },
+    )
+    assert resting_streams(engine, endpoint, listen, now) == {}  # never polled: polled
+    run = state.start_run(engine, "r1", "emr", "ServiceRequest")
+    state.finish_run(engine, run, StreamResult("emr", "ServiceRequest", "last-updated", status="succeeded"))
+    assert resting_streams(engine, endpoint, listen, now) == {
+        "ServiceRequest": "the subscription is healthy; polled every 60 min"
+    }
+    # An hour later it is polled again; with heartbeats missing it is polled on every scheduled run.
+    assert resting_streams(engine, endpoint, listen, now + timedelta(minutes=61)) == {}
+    assert resting_streams(engine, endpoint, listen, now + timedelta(minutes=4)) == {}

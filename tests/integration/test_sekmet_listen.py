@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
-from tests.integration.test_sekmet import ENDPOINT, query, utc
+from tests.integration.test_sekmet import ENDPOINT, connector, query, utc
 from tests.integration.test_sekmet_pushback import everything
 
 pytestmark = pytest.mark.integration
@@ -183,6 +184,12 @@ def test_each_created_referral_is_acknowledged_once(listening: Listening) -> Non
         ),
         "the listener's own latency rows",
     )
+    status = connector("status", "--config", str(listening.config), "--json", cwd=listening.folder)
+    assert status.returncode == 0, status.stderr
+    (health,) = orjson.loads(status.stdout)["subscriptions"]
+    assert (health["style"], health["status"], health["healthy"]) == ("topic", "active", True)
+    assert health["p50_seconds"] is not None
+    assert health["p95_seconds"] >= health["p50_seconds"]
 
 
 def test_referrals_created_while_the_listener_is_down_are_caught_up(listening: Listening) -> None:
