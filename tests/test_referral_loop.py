@@ -178,3 +178,42 @@ def test_the_report_shows_the_loop(loop: Engine) -> None:
     html = render_html(data)
     assert 'id="table-loop"' in html
     assert "Closing the loop with referrers" in html
+
+
+def test_the_report_shows_notified_referrals_beside_the_response_time(loop: Engine) -> None:
+    from connector.report import collect, parse_period
+    from connector.report.render import render_html
+
+    latency = Base.metadata.tables["intake_latency"]
+    with loop.begin() as conn:
+        conn.execute(
+            latency.insert(),
+            [
+                {
+                    "endpoint": "emr",
+                    "referral_id": "r1",
+                    "notified_at": _at(0),
+                    "task_sent_at": _at(0),
+                    "seconds": 2.0,
+                },
+                {
+                    "endpoint": "emr",
+                    "referral_id": "r2",
+                    "notified_at": _at(0),
+                    "task_sent_at": _at(0),
+                    "seconds": 4.0,
+                },
+                # Notified, its Task not sent yet: not a latency.
+                {
+                    "endpoint": "emr",
+                    "referral_id": "r3",
+                    "notified_at": _at(1),
+                    "task_sent_at": None,
+                    "seconds": None,
+                },
+            ],
+        )
+    data = collect(loop, parse_period("30d", datetime(2026, 11, 30, tzinfo=UTC).date()))
+    assert data["loop"]["notified"] == {"referrals": 2, "median_seconds": 3.0, "p95_seconds": 4.0}
+    html = render_html(data)
+    assert "2 referrals came by a\n    Subscription notification and were acknowledged a median 3.0 s" in html

@@ -263,7 +263,28 @@ def _loop(conn: Connection, period: Period, endpoints: Sequence[str] | None) -> 
         per_source[row["source"] or "unknown"].append(row)
     sources = [{"source": name, **_loop_totals(group)} for name, group in per_source.items()]
     sources.sort(key=lambda s: (-s["evaluated"], -s["referrals"], s["source"]))
-    return {**_loop_totals(rows), "sources": sources[:TOP_SOURCES_TABLE]}
+    return {
+        **_loop_totals(rows),
+        "sources": sources[:TOP_SOURCES_TABLE],
+        "notified": _notified(conn, period, endpoints),
+    }
+
+
+def _notified(conn: Connection, period: Period, endpoints: Sequence[str] | None) -> dict[str, Any]:
+    """The period's referrals that came by a Subscription notification: seconds from it to their Task."""
+    if not sa.inspect(conn).has_table("intake_latency"):
+        return {"referrals": 0, "median_seconds": None, "p95_seconds": None}
+    rows = _rows(
+        conn,
+        "SELECT l.endpoint, l.seconds FROM intake_latency l JOIN v_referral_loop r "
+        "ON r.endpoint = l.endpoint AND r.referral_id = l.referral_id "
+        "WHERE l.seconds IS NOT NULL AND r.received_at >= :start AND r.received_at < :end",
+        endpoints,
+        _received_bounds(conn, period),
+    )
+    seconds = sorted(float(r["seconds"]) for r in rows)
+    p95 = seconds[-(-95 * len(seconds) // 100) - 1] if seconds else None
+    return {"referrals": len(seconds), "median_seconds": _median(seconds), "p95_seconds": p95}
 
 
 def _counts(fact: Mapping[str, Any]) -> dict[str, int]:
