@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint install clean chromium bench bench-busy
+.PHONY: demo test test-fast lint install clean chromium bench bench-busy bench-listen
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench: $(STAMP)
 # Issue 23: 8 syncs at once beside a CPU hog, CLI start-up and a no-op sync (quiet and busy).
 bench-busy: $(STAMP)
 	$(BIN)/python -m bench.busy_host $(BENCH_ARGS)
+
+# How fast `connector listen` answers a notification (docs/subscriptions.md).
+bench-listen: $(STAMP)
+	$(BIN)/python -m bench.listen $(BENCH_ARGS)
 
 # The report's browser test needs Debian's chromium. Installed only on CI (CI=true), only when missing and
 # only as root; elsewhere this does nothing (the test then skips locally and says why).

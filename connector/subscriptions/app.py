@@ -202,11 +202,17 @@ class Listener:
                 log.warning("%s/%s: checking the subscription failed: %s", endpoint.name, rtype, exc)
 
 
-def create_app(settings: Settings, engine: Engine, *, subscribe: bool = True) -> Starlette:
+def create_app(
+    settings: Settings, engine: Engine, *, subscribe: bool = True, worker: bool = True
+) -> Starlette:
+    """The listener's app; without `worker` it only receives (a benchmark of its answers)."""
     listener = Listener(settings, engine, subscribe=subscribe)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        if not worker:
+            yield {"listener": listener}
+            return
         # The worker runs beside the server: a topic's handshake needs the listener answering already.
         task = asyncio.create_task(listener.work())
         try:
