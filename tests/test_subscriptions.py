@@ -396,3 +396,99 @@ def test_a_healthy_subscription_is_polled_hourly_an_unhealthy_one_on_schedule(
     # An hour later it is polled again; with heartbeats missing it is polled on every scheduled run.
     assert resting_streams(engine, endpoint, listen, now + timedelta(minutes=61)) == {}
     assert resting_streams(engine, endpoint, listen, now + timedelta(minutes=4)) == {}
+
+
+def _check(engine: Engine, warehouse_url: str, subscription: dict[str, Any], count: int) -> dict[str, Any]:
+    """One check round of the listener against a server whose Subscription is `subscription`."""
+    from connector.subscriptions.app import Listener
+
+    s = settings(warehouse_url)
+    endpoint = s.endpoints[0]
+    status_bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "Parameters",
+                    "parameter": [{"name": "events-since-subscription-start", "valueString": str(count)}],
+                }
+            }
+        ],
+    }
+
+    async def go() -> dict[str, Any]:
+        with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+            mock.get("/metadata").respond(json=capability())
+            # The server's copy: as given until a PUT asks for it again, then active (as sekmet does).
+            held = dict(subscription)
+
+            def reactivate(request: httpx.Request) -> httpx.Response:
+                held.update(orjson.loads(request.content), status="active")
+                held.pop("error", None)
+                return httpx.Response(200, json={**held, "status": "requested"})
+
+            reads = mock.get("/Subscription/sub-1").mock(
+                side_effect=lambda _r: httpx.Response(200, json=held)
+            )
+            mock.get("/Subscription/sub-1/$status").respond(json=status_bundle)
+            put = mock.put("/Subscription/sub-1").mock(side_effect=reactivate)
+            search = mock.get("/ServiceRequest").respond(json={"resourceType": "Bundle", "type": "searchset"})
+            async with FhirClient(endpoint) as client:
+                listener = Listener(s, engine, subscribe=True)
+                listener.processors["emr"] = Processor(s, endpoint, engine, client)
+                await listener.check()
+            return {"reads": reads.call_count, "reactivated": put.call_count, "searched": search.call_count}
+
+    return asyncio.run(go())
+
+
+def test_a_status_count_above_what_arrived_is_caught_up(engine: Engine, warehouse_url: str) -> None:
+    queue.save_state(
+        engine,
+        "emr",
+        "ServiceRequest",
+        {
+            "server_id": "sub-1",
+            "style": "topic",
+            "criteria": TOPIC,
+            "status": "active",
+            "last_event_number": 5,
+            "last_heartbeat_at": datetime.now(UTC),
+        },
+    )
+    subscription = {"resourceType": "Subscription", "id": "sub-1", "status": "active", "criteria": TOPIC}
+    done = _check(engine, warehouse_url, subscription, count=9)
+    assert (done["reactivated"], done["searched"]) == (0, 1)
+    row = subscription_row(engine)
+    assert row["catch_up_reason"] == "$status counts 9 events, 5 arrived"
+    assert (row["last_event_number"], row["healthy"]) == (9, True)
+    # The same count again: nothing missed since, no search.
+    assert _check(engine, warehouse_url, subscription, count=9)["searched"] == 0
+
+
+def test_a_subscription_found_in_error_is_reactivated_and_caught_up(
+    engine: Engine, warehouse_url: str
+) -> None:
+    queue.save_state(
+        engine,
+        "emr",
+        "ServiceRequest",
+        {
+            "server_id": "sub-1",
+            "style": "topic",
+            "criteria": TOPIC,
+            "status": "active",
+            "last_event_number": 3,
+        },
+    )
+    listen = settings(warehouse_url).listen
+    wanted = manage.subscription_resource(
+        settings(warehouse_url).endpoints[0], listen, "ServiceRequest", TOPIC
+    )
+    broken = {**wanted, "id": "sub-1", "status": "error", "error": "Event notification delivery failed"}
+    done = _check(engine, warehouse_url, broken, count=3)
+    assert (done["reactivated"], done["searched"]) == (1, 1)
+    row = subscription_row(engine)
+    assert row["catch_up_reason"] == "the subscription was error"
+    assert row["status"] == "active"
