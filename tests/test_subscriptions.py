@@ -221,6 +221,12 @@ def test_the_listener_commits_before_it_answers_and_refuses_strangers(
 # -- the worker --------------------------------------------------------------------------------------------
 
 
+def subscribed(engine: Engine, **state: Any) -> None:
+    """The endpoint's ServiceRequest topic Subscription, active on the server as `sub-1`, with `state`."""
+    values = {"server_id": "sub-1", "style": "topic", "criteria": TOPIC, "status": "active", **state}
+    queue.save_state(engine, "emr", "ServiceRequest", values)
+
+
 def subscription_row(engine: Engine) -> dict[str, Any]:
     found = queue.state(engine, "emr", "ServiceRequest")
     assert found is not None
@@ -257,18 +263,7 @@ def _run(
 ) -> dict[str, Any]:
     s = settings(warehouse_url)
     endpoint = s.endpoints[0]
-    queue.save_state(
-        engine,
-        "emr",
-        "ServiceRequest",
-        {
-            "server_id": "sub-1",
-            "style": "topic",
-            "criteria": TOPIC,
-            "status": "active",
-            "last_event_number": 1,
-        },
-    )
+    subscribed(engine, last_event_number=1)
 
     async def go() -> dict[str, Any]:
         with respx.mock(base_url=BASE, assert_all_called=False) as mock:
@@ -375,18 +370,7 @@ def test_a_healthy_subscription_is_polled_hourly_an_unhealthy_one_on_schedule(
     endpoint, listen = s.endpoints[0], s.listen
     now = datetime.now(UTC)
     assert resting_streams(engine, endpoint, listen, now) == {}  # not subscribed yet: polled
-    queue.save_state(
-        engine,
-        "emr",
-        "ServiceRequest",
-        {
-            "server_id": "sub-1",
-            "style": "topic",
-            "criteria": TOPIC,
-            "status": "active",
-            "last_heartbeat_at": now,
-        },
-    )
+    subscribed(engine, last_heartbeat_at=now)
     assert resting_streams(engine, endpoint, listen, now) == {}  # never polled: polled
     run = state.start_run(engine, "r1", "emr", "ServiceRequest")
     state.finish_run(engine, run, StreamResult("emr", "ServiceRequest", "last-updated", status="succeeded"))
@@ -444,19 +428,7 @@ def _check(engine: Engine, warehouse_url: str, subscription: dict[str, Any], cou
 
 
 def test_a_status_count_above_what_arrived_is_caught_up(engine: Engine, warehouse_url: str) -> None:
-    queue.save_state(
-        engine,
-        "emr",
-        "ServiceRequest",
-        {
-            "server_id": "sub-1",
-            "style": "topic",
-            "criteria": TOPIC,
-            "status": "active",
-            "last_event_number": 5,
-            "last_heartbeat_at": datetime.now(UTC),
-        },
-    )
+    subscribed(engine, last_event_number=5, last_heartbeat_at=datetime.now(UTC))
     subscription = {"resourceType": "Subscription", "id": "sub-1", "status": "active", "criteria": TOPIC}
     done = _check(engine, warehouse_url, subscription, count=9)
     assert (done["reactivated"], done["searched"]) == (0, 1)
@@ -470,18 +442,7 @@ def test_a_status_count_above_what_arrived_is_caught_up(engine: Engine, warehous
 def test_a_subscription_found_in_error_is_reactivated_and_caught_up(
     engine: Engine, warehouse_url: str
 ) -> None:
-    queue.save_state(
-        engine,
-        "emr",
-        "ServiceRequest",
-        {
-            "server_id": "sub-1",
-            "style": "topic",
-            "criteria": TOPIC,
-            "status": "active",
-            "last_event_number": 3,
-        },
-    )
+    subscribed(engine, last_event_number=3)
     listen = settings(warehouse_url).listen
     wanted = manage.subscription_resource(
         settings(warehouse_url).endpoints[0], listen, "ServiceRequest", TOPIC
