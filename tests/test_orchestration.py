@@ -403,8 +403,12 @@ def test_one_deployment_per_enabled_endpoint_on_its_schedule(tmp_path: Any) -> N
     deployments = endpoint_deployments(settings, path)
     assert [d.name for d in deployments] == ["north", "south"]
     north, south = deployments
-    # `scheduled`: a healthy subscription's stream is polled only hourly by these runs (docs/subscriptions.md).
-    assert north.parameters == {"config_path": str(path.resolve()), "endpoint_name": "north", "scheduled": True}
+    # `scheduled`: a healthy subscription's stream is polled only hourly (docs/subscriptions.md).
+    assert north.parameters == {
+        "config_path": str(path.resolve()),
+        "endpoint_name": "north",
+        "scheduled": True,
+    }
     assert [s.schedule.cron for s in north.schedules or []] == ["*/15 * * * *"]  # type: ignore[union-attr]
     assert south.schedules in (None, [])
     assert "endpoint:north" in north.tags
