@@ -1062,7 +1062,12 @@ def deploy(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    finally:
+        from connector.gc_tuning import quick_exit_collection
+
+        quick_exit_collection()
 
 
 __all__ = ["app", "config_path", "main"]

@@ -50,3 +50,11 @@ def _settle_allocator() -> None:
         mallopt = libc.mallopt  # absent on musl: AttributeError
         mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
         mallopt(_M_ARENA_MAX, ARENA_MAX)
+
+
+def quick_exit_collection() -> None:
+    """Before the interpreter exits: out of the final collection's sight, the objects alive now are freed
+    without walking them for cycles first. The imports' objects (Prefect's, pydantic's) made a CLI run's exit
+    cost about 0.25 s; frozen, its teardown is near nothing. Finalizers registered to run at exit
+    (`atexit`, `weakref.finalize`) and the flushing of the standard streams still happen."""
+    gc.freeze()
