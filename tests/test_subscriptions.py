@@ -269,6 +269,8 @@ def _run(
         with respx.mock(base_url=BASE, assert_all_called=False) as mock:
             mock.get("/metadata").respond(json=capability())
             mock.get("/ServiceRequest/sr5").respond(json=referral("sr5"))
+            # A server answering a read with something that is not JSON.
+            mock.get("/ServiceRequest/garbled").respond(200, content=b"<html>oops</html>")
             search = mock.get("/ServiceRequest").respond(
                 json={
                     "resourceType": "Bundle",
@@ -453,3 +455,17 @@ def test_a_subscription_found_in_error_is_reactivated_and_caught_up(
     row = subscription_row(engine)
     assert row["catch_up_reason"] == "the subscription was error"
     assert row["status"] == "active"
+
+
+def test_one_notification_that_fails_does_not_hold_up_the_next(engine: Engine, warehouse_url: str) -> None:
+    for number, focus in ((2, "ServiceRequest/garbled"), (3, "ServiceRequest/sr5")):
+        parsed = parse_notification(
+            bundle(status_entry("event-notification", (number,), (focus,), since=number))
+        )
+        queue.enqueue(engine, "emr", parsed)
+    done = _run(engine, warehouse_url)
+    assert done["tasks"] == 1
+    assert [(r["status"], r["error"]) for r in rows(engine)] == [
+        ("failed", "unexpected JSONDecodeError"),
+        ("done", None),
+    ]

@@ -32,6 +32,8 @@ from connector.subscriptions.worker import Processor
 
 log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
+#: Seconds the worker waits after an unexpected failure (the warehouse away) before it tries again.
+RETRY_SECONDS = 5.0
 
 
 def outcome(status: int, severity: str, code: str, text: str) -> Response:
@@ -134,22 +136,35 @@ class Listener:
                 await self._start(name, started)
             self.ready.set()
             while True:
-                rows = await asyncio.to_thread(queue.pending, self.engine)
-                for row in rows:
-                    handler = self.processors.get(row["endpoint"])
-                    if handler is None:
-                        await asyncio.to_thread(
-                            queue.finish, self.engine, row["id"], "not a subscribed endpoint"
-                        )
-                    else:
-                        await handler.process(row)
-                if rows:
+                try:
+                    busy = await self._drain()
+                except Exception as exc:  # the worker outlives a database hiccup
+                    # The rows stay pending: the next round takes them again (the warehouse briefly away,
+                    # locked). Told by type only: an error's text may quote what it was writing.
+                    log.error("listener worker: %s; retrying in %s s", type(exc).__name__, RETRY_SECONDS)
+                    await asyncio.sleep(RETRY_SECONDS)
+                    continue
+                if busy:
                     continue
                 try:
                     await asyncio.wait_for(self.wake.wait(), timeout=self.settings.listen.check_seconds)
                 except TimeoutError:
-                    await self.check()
+                    try:
+                        await self.check()
+                    except Exception as exc:  # a failed check waits for the next one
+                        log.error("listener check: %s", type(exc).__name__)
                 self.wake.clear()
+
+    async def _drain(self) -> bool:
+        """Process what is pending; whether there was anything."""
+        rows = await asyncio.to_thread(queue.pending, self.engine)
+        for row in rows:
+            handler = self.processors.get(row["endpoint"])
+            if handler is None:
+                await asyncio.to_thread(queue.finish, self.engine, row["id"], "not a subscribed endpoint")
+            else:
+                await handler.process(row)
+        return bool(rows)
 
     async def _start(self, name: str, processor: Processor) -> None:
         for rtype in processor.endpoint.subscription_resources:

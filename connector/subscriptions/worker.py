@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 from connector.config import EndpointSettings, Settings
 from connector.errors import ConnectorError, FhirError, MappingError
@@ -117,6 +118,14 @@ class Processor:
             except (ConnectorError, MappingError, FhirError) as exc:
                 log.warning("%s: notification %d failed: %s", self.endpoint.name, row["id"], exc)
                 await asyncio.to_thread(queue.finish, self.engine, row["id"], str(exc))
+                return
+            except DBAPIError:
+                raise  # the warehouse is away: the notification stays pending for the next round
+            except Exception as exc:  # one notification's surprise must not hold up the queue behind it
+                log.error("%s: notification %d failed: %s", self.endpoint.name, row["id"], type(exc).__name__)
+                await asyncio.to_thread(
+                    queue.finish, self.engine, row["id"], f"unexpected {type(exc).__name__}"
+                )
                 return
             await asyncio.to_thread(queue.finish, self.engine, row["id"])
 
