@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from connector.config import parse_settings
 from connector.pushback.run import push_round
 from connector.pushback.summary import MASK, CaseFacts, GoalFact, build_case_summary, summary_text
+from tests.fhir_capability import capability_statement
 from tests.test_pushback import BASE, NOW, SYSTEM, load, outbox_rows, referral_row, settings
 from tests.test_task_lifecycle import TaskServer, evaluation, note, write
 
@@ -123,19 +124,12 @@ def test_the_text_holds_the_five_facts_and_nothing_else() -> None:
 def capability() -> dict[str, Any]:
     params = [{"name": "identifier", "type": "token"}, {"name": "url", "type": "uri"}]
     types = ("Task", "Communication", "DocumentReference", "Measure", "MeasureReport")
-    return {
-        "resourceType": "CapabilityStatement",
-        "fhirVersion": "4.0.1",
-        "rest": [
-            {
-                "mode": "server",
-                "resource": [
-                    {"type": t, "conditionalCreate": True, "conditionalUpdate": True, "searchParam": params}
-                    for t in types
-                ],
-            }
-        ],
-    }
+    return capability_statement(
+        *(
+            {"type": t, "conditionalCreate": True, "conditionalUpdate": True, "searchParam": params}
+            for t in types
+        )
+    )
 
 
 class Server(TaskServer):

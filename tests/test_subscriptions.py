@@ -21,6 +21,7 @@ from connector.subscriptions.app import create_app
 from connector.subscriptions.notifications import Refused, parse_notification
 from connector.subscriptions.worker import Processor
 from connector.warehouse.models.subscriptions import Notification
+from tests.fhir_capability import capability_statement
 
 BASE = "https://emr.test/fhir"
 SECRET = "s3cret-hook-token"
@@ -235,23 +236,11 @@ def subscription_row(engine: Engine) -> dict[str, Any]:
 
 def capability() -> dict[str, Any]:
     search = [{"name": "_lastUpdated", "type": "date"}, {"name": "identifier", "type": "token"}]
-    return {
-        "resourceType": "CapabilityStatement",
-        "fhirVersion": "4.0.1",
-        "rest": [
-            {
-                "mode": "server",
-                "resource": [
-                    {"type": "ServiceRequest", "searchParam": search},
-                    {"type": "Task", "conditionalCreate": True, "searchParam": search},
-                    {
-                        "type": "Subscription",
-                        "extension": [{"url": manage.TOPIC_CANONICAL, "valueCanonical": TOPIC}],
-                    },
-                ],
-            }
-        ],
-    }
+    return capability_statement(
+        {"type": "ServiceRequest", "searchParam": search},
+        {"type": "Task", "conditionalCreate": True, "searchParam": search},
+        {"type": "Subscription", "extension": [{"url": manage.TOPIC_CANONICAL, "valueCanonical": TOPIC}]},
+    )
 
 
 def _task_created(request: httpx.Request) -> httpx.Response:
