@@ -172,10 +172,10 @@ _sqlite_writes: AbstractContextManager[Any] = contextlib.nullcontext()
 def _start_worker(sqlite_writes: AbstractContextManager[Any]) -> None:
     global _sqlite_writes
     _sqlite_writes = sqlite_writes
-    _warm_up()
+    warm_up()  # cached already in a worker forked from the warm fork server
 
 
-def _warm_up() -> None:
+def warm_up() -> None:
     """Build what validating each mapped type needs once per worker, not on its first page."""
     from connector.errors import MappingError
     from mappings.registry import MAPPERS
@@ -189,18 +189,30 @@ def _warm_up() -> None:
     freeze_startup_objects()
 
 
+def _worker_context() -> Any:
+    """Workers forked from a fork server that imported the mapping code and built the validators once
+    (`connector.pool_preload`), where the platform has one; spawned (each importing it all) elsewhere.
+
+    Never a plain fork of this process: the flow runs threads (Prefect, httpx), and a forked child could
+    inherit a lock some other thread held. The fork server is a process of its own, without those threads.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["connector.pool_preload"])
+    return context
+
+
 def _pool(workers: int) -> ProcessPoolExecutor:
     with _lock:
         pool = _pools.get(workers)
         if pool is None:
-            # spawn, not fork: the flow runs threads (Prefect, httpx), and a forked child could inherit a
-            # lock some other thread held.
-            spawn = multiprocessing.get_context("spawn")
+            context = _worker_context()
             pool = ProcessPoolExecutor(
                 max_workers=workers,
-                mp_context=spawn,
+                mp_context=context,
                 initializer=_start_worker,
-                initargs=(spawn.Lock(),),
+                initargs=(context.Lock(),),
             )
             _pools[workers] = pool
         return pool
