@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint install clean chromium bench bench-busy bench-listen
+.PHONY: demo test test-fast lint install clean chromium bench bench-busy bench-listen bench-cpu
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench: $(STAMP)
 # Issue 23: 8 syncs at once beside a CPU hog, CLI start-up and a no-op sync (quiet and busy).
 bench-busy: $(STAMP)
 	$(BIN)/python -m bench.busy_host $(BENCH_ARGS)
+
+# One first sync's wall time and, with BENCH_ARGS="--py-spy", its CPU per process (docs/performance.md).
+bench-cpu: $(STAMP)
+	$(BIN)/python -m bench.run_cpu $(BENCH_ARGS)
 
 # How fast `connector listen` answers a notification (docs/subscriptions.md).
 bench-listen: $(STAMP)
