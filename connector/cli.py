@@ -599,7 +599,13 @@ def listen(
     )
     # No access log: a path may carry the endpoint's secret.
     uvicorn.run(
-        create_app(settings, engine, subscribe=not no_subscribe),
+        create_app(
+            settings,
+            engine,
+            subscribe=not no_subscribe,
+            # On stdout, for a supervisor (or a test) that waits for the listener to be at work.
+            on_ready=lambda: print("ready: subscriptions checked, streams caught up", flush=True),
+        ),
         host=bind_host,
         port=bind_port,
         log_level="warning",

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -71,7 +71,14 @@ async def _body(request: Request, limit: int) -> bytes | None:
 class Listener:
     """The receiving side and the worker, sharing the warehouse engine."""
 
-    def __init__(self, settings: Settings, engine: Engine, *, subscribe: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        subscribe: bool = True,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.subscribe = subscribe
@@ -80,6 +87,10 @@ class Listener:
         }
         self.wake = asyncio.Event()
         self.ready = asyncio.Event()
+        self.on_ready = on_ready
+        #: Notifications of events this process finished (handshakes and heartbeats are not counted).
+        self.processed = 0
+        self.progress = asyncio.Condition()
         self.processors: dict[str, Processor] = {}
 
     # -- receiving --------------------------------------------------------------------------------------
@@ -119,9 +130,24 @@ class Listener:
         self.wake.set()
         return outcome(200, "information", "informational", "received")
 
-    async def health(self, _request: Request) -> Response:
+    async def health(self, request: Request) -> Response:
+        """The listener's state; `?processed=N&timeout=S` answers once N event notifications are processed
+        (or S seconds passed): a script (or a test) waits on the work instead of guessing a time."""
+        wanted = request.query_params.get("processed")
+        if wanted is not None and wanted.isdigit():
+            timeout = float(request.query_params.get("timeout", "60") or 60)
+            async with self.progress:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self.progress.wait_for(lambda: self.processed >= int(wanted)), min(timeout, 600)
+                    )
         return JSONResponse(
-            {"status": "ok", "endpoints": sorted(self.endpoints), "ready": self.ready.is_set()}
+            {
+                "status": "ok",
+                "endpoints": sorted(self.endpoints),
+                "ready": self.ready.is_set(),
+                "processed": self.processed,
+            }
         )
 
     # -- working ----------------------------------------------------------------------------------------
@@ -135,6 +161,8 @@ class Listener:
             for name, started in self.processors.items():
                 await self._start(name, started)
             self.ready.set()
+            if self.on_ready is not None:
+                self.on_ready()
             while True:
                 try:
                     busy = await self._drain()
@@ -164,6 +192,10 @@ class Listener:
                 await asyncio.to_thread(queue.finish, self.engine, row["id"], "not a subscribed endpoint")
             else:
                 await handler.process(row)
+                if row["kind"] not in ("handshake", "heartbeat", "query-status"):
+                    async with self.progress:
+                        self.processed += 1
+                        self.progress.notify_all()
         return bool(rows)
 
     async def _start(self, name: str, processor: Processor) -> None:
@@ -218,10 +250,16 @@ class Listener:
 
 
 def create_app(
-    settings: Settings, engine: Engine, *, subscribe: bool = True, worker: bool = True
+    settings: Settings,
+    engine: Engine,
+    *,
+    subscribe: bool = True,
+    worker: bool = True,
+    on_ready: Callable[[], None] | None = None,
 ) -> Starlette:
-    """The listener's app; without `worker` it only receives (a benchmark of its answers)."""
-    listener = Listener(settings, engine, subscribe=subscribe)
+    """The listener's app; without `worker` it only receives (a benchmark of its answers). `on_ready` is
+    called once the subscriptions are checked and the streams caught up."""
+    listener = Listener(settings, engine, subscribe=subscribe, on_ready=on_ready)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, Any]]:

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,29 +51,27 @@ def _port() -> int:
 
 
 def _listen(config: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    """`connector listen`, returned once it says it is ready (subscribed, caught up, at work)."""
+    process = subprocess.Popen(
         [sys.executable, "-m", "connector", "listen", "--config", str(config), "--no-subscribe"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
+    assert process.stdout is not None
+    assert process.stdout.readline().startswith("ready")
+    return process
 
 
-def _wait(condition: object, what: str, deadline: float = 120.0) -> None:
-    end = time.monotonic() + deadline
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def _ready(port: int) -> bool:
-    try:
-        return bool(httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).json().get("ready"))
-    except httpx.HTTPError:
-        return False
+def _processed(port: int, count: int) -> int:
+    """Block until the listener processed `count` notifications (its long-poll)."""
+    answer = httpx.get(
+        f"http://127.0.0.1:{port}/health", params={"processed": str(count), "timeout": "120"}, timeout=130
+    )
+    processed: int = answer.json()["processed"]
+    return processed
 
 
 def _statuses(url: str) -> list[str]:
@@ -101,7 +98,6 @@ def test_sigkill_after_the_200_before_the_work_loses_nothing(server: FaultServer
     config.write_text(text + f'[listen]\nport = {port}\npublic_url = "http://127.0.0.1:{port}"\n')
     first = _listen(config)
     try:
-        _wait(lambda: _ready(port), "the listener")
         server.block_read = True  # the worker will hang fetching the notified referral
         body = {
             "resourceType": "Bundle",
@@ -148,8 +144,9 @@ def test_sigkill_after_the_200_before_the_work_loses_nothing(server: FaultServer
     server.reset_faults()
     second = _listen(config)
     try:
-        _wait(lambda: _statuses(url) == ["done"], "the restarted listener to process the notification")
-        _wait(lambda: f"{IDENTIFIER_SYSTEM}|clinic/ServiceRequest/notified-1" in server.tasks, "its Task")
+        assert _processed(port, 1) == 1  # the queued notification, once the restart caught up
+        assert _statuses(url) == ["done"]
+        assert f"{IDENTIFIER_SYSTEM}|clinic/ServiceRequest/notified-1" in server.tasks
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=30)
