@@ -11,7 +11,6 @@ import dataclasses
 import difflib
 import functools
 import os
-import statistics
 import sys
 import time
 import uuid
@@ -586,7 +585,7 @@ def listen(
 
     quiet_third_party_logs(False)
     settings = _guard(lambda: load_settings(config))
-    names = [e.name for e in settings.endpoints if e.subscriptions and e.enabled]
+    names = [e.name for e in settings.subscribed_endpoints()]
     if not names:
         raise _fail("no endpoint has `subscriptions = true`; see docs/subscriptions.md")
     if settings.listen.public_url is None and not no_subscribe:
@@ -622,7 +621,7 @@ def subscribe(config: ConfigOption = None, json_out: JsonOption = False) -> None
 
     quiet_third_party_logs(False)
     settings = _guard(lambda: load_settings(config))
-    chosen = [e for e in settings.endpoints if e.subscriptions and e.enabled]
+    chosen = settings.subscribed_endpoints()
     if not chosen:
         raise _fail("no endpoint has `subscriptions = true`; see docs/subscriptions.md")
 
@@ -838,8 +837,7 @@ def subscription_health(settings: Any, engine: Any) -> list[dict[str, Any]]:
     heartbeats = {e.name: e.heartbeat_seconds for e in settings.endpoints}
     for row in queue.states(engine):
         why = manage.unhealthy_reason(row, heartbeats.get(row["endpoint"], 60))
-        seconds = sorted(queue.latencies(engine, row["endpoint"]))
-        p95 = seconds[max(0, -(-95 * len(seconds) // 100) - 1)] if seconds else None
+        p50, p95 = queue.latency_figures(queue.latencies(engine, row["endpoint"]))
         out.append(
             {
                 "endpoint": row["endpoint"],
@@ -851,7 +849,7 @@ def subscription_health(settings: Any, engine: Any) -> list[dict[str, Any]]:
                 "last_notified_at": row["last_notified_at"],
                 "caught_up_at": row["caught_up_at"],
                 "catch_up_reason": row["catch_up_reason"],
-                "p50_seconds": statistics.median(seconds) if seconds else None,
+                "p50_seconds": p50,
                 "p95_seconds": p95,
             }
         )

@@ -689,6 +689,10 @@ class Settings(_Strict):
         object.__setattr__(self, "endpoints", endpoints)  # frozen model: replaced once, while validating
         return self
 
+    def subscribed_endpoints(self) -> list[EndpointSettings]:
+        """The enabled endpoints with `subscriptions = true`: what `connector listen` serves."""
+        return [e for e in self.endpoints if e.subscriptions and e.enabled]
+
     def push_target(self, endpoint: EndpointSettings) -> EndpointSettings | None:
         """The server an endpoint's acknowledgments and metrics go to; None for a folder without one."""
         if endpoint.push_endpoint is not None:

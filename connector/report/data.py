@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from connector.errors import ConfigError
+from connector.subscriptions.queue import latency_figures
 from connector.warehouse.claim_decisions import ADJUDICATED_OUTCOMES, COUNTED_DECISIONS
 from connector.warehouse.names import shown
 from connector.warehouse.summary import main_currency
@@ -282,9 +283,9 @@ def _notified(conn: Connection, period: Period, endpoints: Sequence[str] | None)
         endpoints,
         _received_bounds(conn, period),
     )
-    seconds = sorted(float(r["seconds"]) for r in rows)
-    p95 = seconds[-(-95 * len(seconds) // 100) - 1] if seconds else None
-    return {"referrals": len(seconds), "median_seconds": _median(seconds), "p95_seconds": p95}
+    seconds = [float(r["seconds"]) for r in rows]
+    median, p95 = latency_figures(seconds)
+    return {"referrals": len(seconds), "median_seconds": median, "p95_seconds": p95}
 
 
 def _counts(fact: Mapping[str, Any]) -> dict[str, int]:

@@ -82,9 +82,7 @@ class Listener:
         self.settings = settings
         self.engine = engine
         self.subscribe = subscribe
-        self.endpoints: dict[str, EndpointSettings] = {
-            e.name: e for e in settings.endpoints if e.subscriptions and e.enabled
-        }
+        self.endpoints: dict[str, EndpointSettings] = {e.name: e for e in settings.subscribed_endpoints()}
         self.wake = asyncio.Event()
         self.ready = asyncio.Event()
         self.on_ready = on_ready

@@ -6,6 +6,7 @@ next `listen` (or its worker) processes what is still pending.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -140,28 +141,32 @@ def notified(engine: Engine, endpoint: str, referral_ids: list[str], at: datetim
 def record_acknowledged(engine: Engine, endpoint: str) -> None:
     """Fill the Task's send time (and the seconds since notified) of notified referrals acknowledged since."""
     outbox: sa.Table = Outbox.__table__  # type: ignore[assignment]
+    sent = sa.select(_L.c.referral_id, _L.c.notified_at, outbox.c.sent_at).join(
+        outbox,
+        sa.and_(
+            outbox.c.endpoint == _L.c.endpoint,
+            outbox.c.kind == "task-create",
+            outbox.c.status == "sent",
+            outbox.c.item_key == sa.literal("ServiceRequest/") + _L.c.referral_id,
+        ),
+    )
     with begin_write(engine) as conn:
-        waiting = conn.execute(
-            sa.select(_L.c.referral_id, _L.c.notified_at).where(
-                _L.c.endpoint == endpoint, _L.c.task_sent_at.is_(None)
-            )
-        ).all()
-        for referral_id, notified_at in waiting:
-            sent = conn.execute(
-                sa.select(outbox.c.sent_at).where(
-                    outbox.c.endpoint == endpoint,
-                    outbox.c.kind == "task-create",
-                    outbox.c.item_key == f"ServiceRequest/{referral_id}",
-                    outbox.c.status == "sent",
-                )
-            ).scalar_one_or_none()
-            if sent is None:
-                continue
+        # One query for every waiting referral whose Task went out, then their rows.
+        found = conn.execute(sent.where(_L.c.endpoint == endpoint, _L.c.task_sent_at.is_(None))).all()
+        for referral_id, notified_at, sent_at in found:
             conn.execute(
                 _L.update()
                 .where(_L.c.endpoint == endpoint, _L.c.referral_id == referral_id)
-                .values(task_sent_at=sent, seconds=max(0.0, (sent - notified_at).total_seconds()))
+                .values(task_sent_at=sent_at, seconds=max(0.0, (sent_at - notified_at).total_seconds()))
             )
+
+
+def latency_figures(seconds: list[float]) -> tuple[float | None, float | None]:
+    """(median, nearest-rank p95) of notified referrals' seconds to their Task; (None, None) without any."""
+    if not seconds:
+        return None, None
+    ordered = sorted(seconds)
+    return statistics.median(ordered), ordered[-(-95 * len(ordered) // 100) - 1]
 
 
 def latencies(engine: Engine, endpoint: str | None = None) -> list[float]:
