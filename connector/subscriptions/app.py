@@ -226,7 +226,8 @@ class Listener:
                 if row["style"] == "topic":
                     count = await manage.status_count(processor.client, row["server_id"])
                     if count is not None and count > (row.get("last_event_number") or 0):
-                        queue.save_state(
+                        await asyncio.to_thread(
+                            queue.save_state,
                             self.engine,
                             endpoint.name,
                             rtype,
@@ -237,7 +238,8 @@ class Listener:
                             f"$status counts {count} events, {row.get('last_event_number') or 0} arrived",
                         )
                 why = manage.unhealthy_reason({**row, "status": status}, endpoint.heartbeat_seconds)
-                queue.save_state(
+                await asyncio.to_thread(
+                    queue.save_state,
                     self.engine,
                     endpoint.name,
                     rtype,

@@ -104,6 +104,19 @@ def derive_episode_links(engine: Engine | sa.Connection, endpoint: str, since: d
     return changed
 
 
+def _update(table: Any, endpoint: str) -> Any:
+    """One statement per table, run with every changed row as parameters (executemany)."""
+    return (
+        table.update()
+        .where(
+            table.c.endpoint == endpoint,
+            table.c.resource_type == sa.bindparam("b_type"),
+            table.c.resource_id == sa.bindparam("b_id"),
+        )
+        .values(referral_ref=sa.bindparam("b_ref"), referral_link=sa.bindparam("b_link"))
+    )
+
+
 def _derive(conn: sa.Connection, endpoint: str, since: datetime | None) -> int:
     changed = 0
     for patients in patient_chunks(conn, endpoint, since, _TABLES.values()):
@@ -113,19 +126,14 @@ def _derive(conn: sa.Connection, endpoint: str, since: datetime | None) -> int:
         decided = link_care(
             referral_facts(conn, endpoint, patients), rows, _visit_referrals(conn, endpoint, patients)
         )
+        per_table: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             ref, link = decided[row.key]
-            if (ref, link) == (row.referral_ref, row.referral_link):
-                continue
-            table = _TABLES[row.table]
-            conn.execute(
-                table.update()
-                .where(
-                    table.c.endpoint == endpoint,
-                    table.c.resource_type == row.resource_type,
-                    table.c.resource_id == row.resource_id,
+            if (ref, link) != (row.referral_ref, row.referral_link):
+                per_table.setdefault(row.table, []).append(
+                    {"b_type": row.resource_type, "b_id": row.resource_id, "b_ref": ref, "b_link": link}
                 )
-                .values(referral_ref=ref, referral_link=link)
-            )
-            changed += 1
+        for name, params in per_table.items():
+            conn.execute(_update(_TABLES[name], endpoint), params)
+            changed += len(params)
     return changed
